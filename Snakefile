@@ -1,0 +1,28 @@
+# inflow: which training examples made my image classifier do this, and which labels are wrong?
+# data -> checkpoints -> per-checkpoint factors -> per-checkpoint influence shards -> exact top-k
+# -> mislabel ranking. See README.md; every setting is in config.yaml.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/factors.smk"
+include: "rules/influence.smk"
+include: "rules/mislabel.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True
+    localrule: True

@@ -1,0 +1,70 @@
+# Config validation and every helper the rules use. Rule files hold rules only.
+
+from snakemake.utils import validate
+
+from inflow.config import semantic_errors
+
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+_errors = semantic_errors(config)
+if _errors:
+    raise ValueError("invalid config:\n  " + "\n  ".join(_errors))
+
+
+CKPTS = [str(e) for e in sorted(config["train"]["checkpoint_epochs"])]
+N_TEST_TILES = config["influence"]["test_tiles"]
+N_TRAIN_TILES = config["influence"]["train_tiles"]
+TILES = [f"{q}-{r}" for q in range(N_TEST_TILES) for r in range(N_TRAIN_TILES)]
+FACTOR_SPLITS = ["train", "test"]
+
+
+wildcard_constraints:
+    ckpt=r"\d+",
+    tile=r"\d+-\d+",
+    split="train|test",
+
+
+def checkpoint_paths(ext):
+    """Every configured checkpoint's file with extension ``ext`` (pt or json), epoch order."""
+    return expand("results/train/checkpoints/epoch_{ckpt}.{ext}", ckpt=CKPTS, ext=ext)
+
+
+def shards_of_tile(wildcards):
+    """The per-checkpoint dense shards that sum to one tile's total influence."""
+    return expand("results/influence/shards/epoch_{ckpt}/tile_{tile}.npy", ckpt=CKPTS, tile=wildcards.tile)
+
+
+def tile_topk_files(wildcards=None):
+    """Every tile's top-k candidates, in tile order."""
+    return expand("results/influence/tiles/tile_{tile}.npz", tile=TILES)
+
+
+def train_factor_files(wildcards=None):
+    """Train-split factor files of every checkpoint, epoch order."""
+    return expand("results/factors/epoch_{ckpt}/train.parquet", ckpt=CKPTS)
+
+
+def last_factors(split):
+    """Factor file of ``split`` at the last checkpoint (its sample ids define tile rows)."""
+    return f"results/factors/epoch_{CKPTS[-1]}/{split}.parquet"
+
+
+def all_outputs():
+    """What `snakemake` with no target builds."""
+    return [
+        "results/predictions/false_predictions.csv",
+        "results/influence/topk.parquet",
+        "results/influence/test_summary.parquet",
+        "results/influence/self_influence.parquet",
+        "results/mislabel/ranking.parquet",
+        "results/mislabel/mislabel_metrics.json",
+    ]
+
+
+def scaled(base):
+    """A resource value (mem_mb, runtime) that grows with each retry attempt."""
+
+    def value(wildcards, attempt):
+        return base * attempt
+
+    return value

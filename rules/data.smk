@@ -1,0 +1,19 @@
+rule prepare_data:
+    output:
+        images="results/data/images.npy",
+        manifest=ensure("results/data/manifest.parquet", non_empty=True),
+        skipped="results/data/skipped_files.csv",
+        classes="results/data/classes.json",
+    params:
+        dataset=config["dataset"],
+        seed=config["seed"],
+    log:
+        "logs/prepare_data.log",
+    benchmark:
+        "benchmarks/prepare_data.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(60),
+    script:
+        "../workflow_scripts/prepare_data.py"

@@ -1,0 +1,23 @@
+rule factors:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        checkpoint="results/train/checkpoints/epoch_{ckpt}.pt",
+        sidecar="results/train/checkpoints/epoch_{ckpt}.json",
+    output:
+        ensure("results/factors/epoch_{ckpt}/{split}.parquet", non_empty=True),
+    params:
+        train=config["train"],
+        include_bias=config["factors"]["include_bias"],
+        batch_size=config["factors"]["batch_size"],
+        device=config["device"],
+    log:
+        "logs/factors/epoch_{ckpt}_{split}.log",
+    benchmark:
+        "benchmarks/factors/epoch_{ckpt}_{split}.tsv"
+    threads: 2
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+    script:
+        "../workflow_scripts/factors.py"

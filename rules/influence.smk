@@ -1,0 +1,81 @@
+rule influence_shard:
+    input:
+        test="results/factors/epoch_{ckpt}/test.parquet",
+        train="results/factors/epoch_{ckpt}/train.parquet",
+    output:
+        temp("results/influence/shards/epoch_{ckpt}/tile_{tile}.npy"),
+    params:
+        test_tiles=N_TEST_TILES,
+        train_tiles=N_TRAIN_TILES,
+    log:
+        "logs/influence_shard/epoch_{ckpt}_tile_{tile}.log",
+    benchmark:
+        "benchmarks/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
+    threads: 2
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+    script:
+        "../workflow_scripts/influence_shard.py"
+
+
+rule tile_topk:
+    input:
+        shards=shards_of_tile,
+        train_factors=last_factors("train"),
+    output:
+        temp("results/influence/tiles/tile_{tile}.npz"),
+    params:
+        train_tiles=N_TRAIN_TILES,
+        top_k=config["influence"]["top_k"],
+    log:
+        "logs/tile_topk/tile_{tile}.log",
+    benchmark:
+        "benchmarks/tile_topk/tile_{tile}.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+    script:
+        "../workflow_scripts/tile_topk.py"
+
+
+rule accumulate_topk:
+    input:
+        tiles=tile_topk_files,
+        test_factors=last_factors("test"),
+    output:
+        topk=ensure("results/influence/topk.parquet", non_empty=True),
+        summary=ensure("results/influence/test_summary.parquet", non_empty=True),
+    params:
+        tiles=TILES,
+        test_tiles=N_TEST_TILES,
+        train_tiles=N_TRAIN_TILES,
+        top_k=config["influence"]["top_k"],
+    log:
+        "logs/accumulate_topk.log",
+    benchmark:
+        "benchmarks/accumulate_topk.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+    script:
+        "../workflow_scripts/accumulate_topk.py"
+
+
+rule self_influence:
+    input:
+        train_factor_files,
+    output:
+        ensure("results/influence/self_influence.parquet", non_empty=True),
+    log:
+        "logs/self_influence.log",
+    benchmark:
+        "benchmarks/self_influence.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+    script:
+        "../workflow_scripts/self_influence.py"

@@ -1,0 +1,21 @@
+rule mislabel:
+    input:
+        manifest="results/data/manifest.parquet",
+        self_influence="results/influence/self_influence.parquet",
+        topk="results/influence/topk.parquet",
+        predictions="results/predictions/predictions.parquet",
+    output:
+        ranking=ensure("results/mislabel/ranking.parquet", non_empty=True),
+        metrics="results/mislabel/mislabel_metrics.json",
+    params:
+        mislabel=config["mislabel"],
+    log:
+        "logs/mislabel.log",
+    benchmark:
+        "benchmarks/mislabel.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    script:
+        "../workflow_scripts/mislabel.py"

@@ -1,0 +1,47 @@
+rule train:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+    output:
+        checkpoints=checkpoint_paths("pt"),
+        sidecars=checkpoint_paths("json"),
+        best="results/train/best.pt",
+        metrics=ensure("results/train/metrics.parquet", non_empty=True),
+    params:
+        model=config["model"],
+        train=config["train"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/train.log",
+    benchmark:
+        "benchmarks/train.tsv"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule predict:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        best="results/train/best.pt",
+    output:
+        predictions=ensure("results/predictions/predictions.parquet", non_empty=True),
+        false_predictions="results/predictions/false_predictions.csv",
+    params:
+        batch_size=config["factors"]["batch_size"],
+        device=config["device"],
+    log:
+        "logs/predict.log",
+    benchmark:
+        "benchmarks/predict.tsv"
+    threads: 2
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+    script:
+        "../workflow_scripts/predict.py"

@@ -1,0 +1,151 @@
+"""Rule ``factors``: per-sample gradient factors of the hooked final Linear layer.
+
+For a Linear layer ``z = W a + b`` and a per-sample loss ``L(z)``, the gradient of ``L``
+with respect to ``W`` is the outer product ``e a^T`` with ``e = dL/dz``; with respect to ``b``
+it is ``e``. Appending a constant 1 to ``a`` makes ``e [a; 1]^T`` the gradient of ``[W b]``.
+So the dot product of two samples' full layer gradients is ``<a, a'> <e, e'>`` (the ghost
+dot-product), and storing ``a`` (d_in [+1]) and ``e`` (d_out) per sample is enough.
+
+The loss is the training loss (class weights, label smoothing) of the one sample, not divided
+by the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from inflow.checkpoints import load_checkpoint, read_sidecar
+from inflow.data import Split, load_manifest, load_split
+from inflow.errors import InflowError
+from inflow.io import atomic_path
+from inflow.losses import inverse_frequency_weights, per_sample_loss
+from inflow.models import Classifier, resolve_device
+from inflow.progress import track
+
+log = logging.getLogger(__name__)
+
+
+def layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool) -> tuple[Tensor, Tensor]:
+    """Factors of one batch for ``model.final_linear``.
+
+    Args:
+        x: images ``(n, 3, h, w)``; y: labels ``(n,)``.
+
+    Returns:
+        ``a``: layer inputs ``(n, d_in)``, or ``(n, d_in + 1)`` with a trailing 1 if
+        ``include_bias``; ``e``: ``dL_i/dz_i`` ``(n, d_out)``. Both float32, detached.
+    """
+    captured: list[Tensor] = []
+    handle = model.final_linear.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    a = captured[0].float()
+    z = logits.detach().float().requires_grad_(True)
+    loss = per_sample_loss(z, y, class_weights, smoothing).sum()  # rows are independent, so grad row i = dL_i/dz_i
+    (e,) = torch.autograd.grad(loss, z)
+    if include_bias:
+        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
+    return a, e
+
+
+def compute_factors(model: Classifier, data: Split, class_weights: Tensor | None, smoothing: float, include_bias: bool, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Factors for a whole split: ``a (n, d_a)`` and ``e (n, d_out)`` float32 NumPy arrays."""
+    model.eval()
+    a_parts, e_parts = [], []
+    batches = range(0, len(data), batch_size)
+    for start in track(batches, len(batches), "factors", log, unit="batch"):
+        x, y = data.batch(slice(start, start + batch_size), device)
+        a, e = layer_factors(model, x, y, class_weights, smoothing, include_bias)
+        a_parts.append(a.cpu().numpy())
+        e_parts.append(e.cpu().numpy())
+    return np.concatenate(a_parts), np.concatenate(e_parts)
+
+
+def write_factors(path: str, sample_ids: np.ndarray, a: np.ndarray, e: np.ndarray, metadata: dict[str, Any]) -> None:
+    """Write factors as Parquet: ``sample_id`` int64, ``a`` and ``e`` as float32 fixed-size lists."""
+    table = pa.table(
+        {
+            "sample_id": pa.array(sample_ids, type=pa.int64()),
+            "a": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a, dtype=np.float32).ravel()), a.shape[1]),
+            "e": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(e, dtype=np.float32).ravel()), e.shape[1]),
+        }
+    )
+    table = table.replace_schema_metadata({b"inflow": json.dumps(metadata).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _fixed_list_to_numpy(column: pa.ChunkedArray, path: str, name: str) -> np.ndarray:
+    arr = column.combine_chunks()
+    if not pa.types.is_fixed_size_list(arr.type) or not pa.types.is_float32(arr.type.value_type):
+        raise InflowError(f"{path}: column {name!r} is {arr.type}, expected fixed_size_list<float32>; regenerate the factors")
+    width = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=True).reshape(len(arr), width)
+
+
+def read_factors(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read a factor file: ``(sample_ids (n,), a (n, d_a), e (n, d_out), metadata)``.
+
+    ``a`` and ``e`` are read-only views of the Arrow buffers (no copy).
+    """
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise InflowError(f"{path}: factor file not found; rerun the factors rule") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InflowError(f"{path}: not a readable factor Parquet file ({exc}); delete it and rerun") from None
+    missing = {"sample_id", "a", "e"} - set(table.column_names)
+    if missing:
+        raise InflowError(f"{path}: factor file lacks column(s) {', '.join(sorted(missing))}; regenerate it")
+    meta = json.loads((table.schema.metadata or {}).get(b"inflow", b"{}"))
+    ids = table.column("sample_id").to_numpy()
+    return ids, _fixed_list_to_numpy(table.column("a"), path, "a"), _fixed_list_to_numpy(table.column("e"), path, "e"), meta
+
+
+def as_tensor(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with a (possibly read-only) factor array; callers must not write to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we never write to it
+        return torch.from_numpy(array)
+
+
+def extract_factors(
+    images_path: str,
+    manifest_path: str,
+    checkpoint_path: str,
+    sidecar_path: str,
+    split: str,
+    train_cfg: dict[str, Any],
+    include_bias: bool,
+    batch_size: int,
+    device_name: str,
+    out_path: str,
+) -> None:
+    """Compute and write the factors of ``split`` at one checkpoint."""
+    device = resolve_device(device_name)
+    side = read_sidecar(sidecar_path)
+    manifest, class_names = load_manifest(manifest_path)
+    data = load_split(images_path, manifest, split)
+    train_labels = manifest.loc[manifest.split == "train", "label"].to_numpy()
+    weights = inverse_frequency_weights(train_labels, len(class_names)).to(device) if train_cfg["class_weights"] else None
+    model = load_checkpoint(checkpoint_path, device)
+    a, e = compute_factors(model, data, weights, train_cfg["label_smoothing"], include_bias, batch_size, device)
+    bad = ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
+    if bad.any():
+        raise InflowError(f"{checkpoint_path}: non-finite factors for sample_id(s) {data.sample_ids[bad][:10].tolist()} of split {split}; check those images and the checkpoint")
+    meta = {"epoch": side["epoch"], "tracin_lr": side["tracin_lr"], "split": split, "layer": side.get("hooked_layer"),
+            "include_bias": include_bias, "d_a": int(a.shape[1]), "d_out": int(e.shape[1]), "checkpoint": str(checkpoint_path)}
+    log.info("split %s, epoch %s: %d samples, a %s, e %s, tracin lr %g", split, side["epoch"], len(a), a.shape, e.shape, side["tracin_lr"])
+    write_factors(out_path, data.sample_ids, a, e, meta)

@@ -1,0 +1,72 @@
+"""TracIn influence with the ghost dot-product, one (checkpoint, tile) shard at a time.
+
+TracIn(z, z') = sum_c lr_c <g_c(z), g_c(z')> with g_c the hooked layer's weight gradient at
+checkpoint c. For a Linear layer ``g = e a^T``, so ``<g, g'> = <a, a'> <e, e'>`` and a block of
+influences is two small GEMMs and an elementwise product, never a per-sample gradient.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from torch import Tensor
+
+from inflow.errors import InflowError
+from inflow.factors import as_tensor, read_factors
+from inflow.io import save_npy
+
+log = logging.getLogger(__name__)
+
+
+def ghost_block(a_test: Tensor, e_test: Tensor, a_train: Tensor, e_train: Tensor, lr: float) -> Tensor:
+    """``lr * (a_test a_train^T) * (e_test e_train^T)``.
+
+    Args:
+        a_test: ``(n_test, d_a)``; e_test: ``(n_test, d_out)``;
+        a_train: ``(n_train, d_a)``; e_train: ``(n_train, d_out)``.
+
+    Returns:
+        ``(n_test, n_train)`` influence of each train sample on each test sample at one checkpoint.
+    """
+    block = a_test @ a_train.T
+    block.mul_(e_test @ e_train.T)
+    return block.mul_(lr)
+
+
+def tile_bounds(n: int, n_tiles: int, index: int) -> tuple[int, int]:
+    """``[start, stop)`` of tile ``index`` when ``n`` rows are cut into ``n_tiles`` near-equal tiles."""
+    if not 0 <= index < n_tiles:
+        raise ValueError(f"tile index {index} out of range for {n_tiles} tiles")
+    base, extra = divmod(n, n_tiles)
+    start = index * base + min(index, extra)
+    return start, start + base + (index < extra)
+
+
+def parse_tile(tile: str) -> tuple[int, int]:
+    """``"q-r"`` -> (test tile q, train tile r)."""
+    m = re.fullmatch(r"(\d+)-(\d+)", tile)
+    if not m:
+        raise ValueError(f"tile id {tile!r} is not of the form <test>-<train>")
+    return int(m.group(1)), int(m.group(2))
+
+
+def influence_shard(test_factors: str, train_factors: str, tile: str, n_test_tiles: int, n_train_tiles: int, out_path: str) -> None:
+    """Write the dense ``(n_test_tile, n_train_tile)`` float32 influence block of one checkpoint."""
+    q, r = parse_tile(tile)
+    _, a_q, e_q, meta_q = read_factors(test_factors)
+    _, a_r, e_r, meta_r = read_factors(train_factors)
+    if meta_q.get("epoch") != meta_r.get("epoch") or a_q.shape[1] != a_r.shape[1] or e_q.shape[1] != e_r.shape[1]:
+        raise InflowError(
+            f"{test_factors} and {train_factors}: factors do not match (epoch {meta_q.get('epoch')} vs {meta_r.get('epoch')}, "
+            f"a {a_q.shape[1]} vs {a_r.shape[1]}, e {e_q.shape[1]} vs {e_r.shape[1]}); rerun the factors rule for both"
+        )
+    q0, q1 = tile_bounds(len(a_q), n_test_tiles, q)
+    r0, r1 = tile_bounds(len(a_r), n_train_tiles, r)
+    lr = float(meta_r["tracin_lr"])
+    block = ghost_block(
+        as_tensor(a_q[q0:q1]), as_tensor(e_q[q0:q1]), as_tensor(a_r[r0:r1]), as_tensor(e_r[r0:r1]), lr,
+    )
+    log.info("epoch %s tile %s: test rows %d:%d x train rows %d:%d, lr %g", meta_r.get("epoch"), tile, q0, q1, r0, r1, lr)
+    save_npy(block.numpy(), out_path)

@@ -1,0 +1,143 @@
+"""Model registry: a backbone, a small MLP head, and the head's final Linear (the hooked layer).
+
+* ``resnet9``: a small residual CNN for 32x32 images, trained from scratch on CPU (default).
+* ``resnet50_head``: torchvision ResNet-50 backbone with the seeds' head
+  Linear(2048,512)-LeakyReLU(0.01)-Linear(512,256)-LeakyReLU(0.01)-Linear(256,C).
+  Weights come only from a local file (``model.pretrained_weights``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from inflow.errors import InflowError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Classifier(nn.Module):
+    """``head(backbone(normalise(x)))`` for uint8-range float images ``(n, 3, h, w)`` in [0, 1]."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Sequential) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def final_linear(self) -> nn.Linear:
+        """The last Linear layer of the head: the layer whose gradients TracIn uses."""
+        layer = self.head[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:  # (n, num_classes)
+        return self.head(self.backbone((x - self.mean) / self.std))
+
+
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(c, c), _conv_bn(c, c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def resnet9_backbone(width: int = 16) -> tuple[nn.Module, int]:
+    """ResNet-9 style backbone (Page 2018) with base ``width``; returns ``(module, feature_dim)``."""
+    w = width
+    net = nn.Sequential(
+        _conv_bn(3, w),
+        _conv_bn(w, 2 * w),
+        nn.MaxPool2d(2),
+        _Residual(2 * w),
+        _conv_bn(2 * w, 4 * w),
+        nn.MaxPool2d(2),
+        _conv_bn(4 * w, 8 * w),
+        nn.MaxPool2d(2),
+        _Residual(8 * w),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+    )
+    return net, 8 * w
+
+
+def mlp_head(dims: list[int], num_classes: int) -> nn.Sequential:
+    """Linear-LeakyReLU(0.01) blocks through ``dims`` then a final Linear to ``num_classes``."""
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(d_in, d_out), nn.LeakyReLU(0.01)]
+    layers.append(nn.Linear(dims[-1], num_classes))
+    return nn.Sequential(*layers)
+
+
+def build_resnet9(num_classes: int, width: int = 16) -> Classifier:
+    backbone, d = resnet9_backbone(width)
+    return Classifier(backbone, mlp_head([d, 64], num_classes))
+
+
+def build_resnet50_head(num_classes: int, width: int = 16) -> Classifier:
+    from torchvision.models import resnet50
+
+    backbone = resnet50(weights=None)  # never downloads; weights come from model.pretrained_weights
+    backbone.fc = nn.Identity()
+    return Classifier(backbone, mlp_head([2048, 512, 256], num_classes))
+
+
+REGISTRY: dict[str, Callable[..., Classifier]] = {
+    "resnet9": build_resnet9,
+    "resnet50_head": build_resnet50_head,
+}
+
+
+def build_model(arch: str, num_classes: int, width: int = 16, pretrained_weights: str | None = None) -> Classifier:
+    """Build a registered model, optionally loading backbone weights from a local file.
+
+    ``pretrained_weights`` may hold a full torchvision state dict (its ``fc.*`` keys are
+    ignored) or one for the backbone alone.
+    """
+    if arch not in REGISTRY:
+        raise InflowError(f"model.arch: unknown architecture {arch!r}; choose one of {', '.join(REGISTRY)}")
+    model = REGISTRY[arch](num_classes, width=width)
+    if pretrained_weights:
+        load_backbone_weights(model, pretrained_weights)
+    return model
+
+
+def load_backbone_weights(model: Classifier, path: str) -> None:
+    """Load backbone weights from a local ``.pt``/``.pth`` state dict."""
+    if not Path(path).is_file():
+        raise InflowError(f"model.pretrained_weights: {path} does not exist; give a local .pth file or null")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise InflowError(f"model.pretrained_weights: {path} is not a readable torch state dict ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InflowError(
+            f"model.pretrained_weights: {path} does not fit the {type(model.backbone).__name__} backbone "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[0]})"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when ``torch.cuda.is_available()`` (not merely CUDA_VISIBLE_DEVICES), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InflowError("device: cuda was asked for but torch sees no usable GPU; set device: auto or cpu")
+    return torch.device(name)

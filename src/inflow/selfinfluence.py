@@ -1,0 +1,41 @@
+"""Self-influence: TracIn(z, z) = sum_c lr_c |a_c(z)|^2 |e_c(z)|^2 for every training sample.
+
+High self-influence means the sample's own gradient stayed large through training: the model
+kept being pushed to fit it, which is what a wrong label does (Pruthi et al. 2020, sec. 4).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from inflow.errors import InflowError
+from inflow.factors import read_factors
+from inflow.io import write_table
+
+log = logging.getLogger(__name__)
+
+
+def self_influence_terms(a: np.ndarray, e: np.ndarray, lr: float) -> np.ndarray:
+    """``lr * |a|^2 * |e|^2`` per row, ``(n,)`` float64, from ``a (n, d_a)`` and ``e (n, d_out)``."""
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    return lr * np.einsum("ij,ij->i", a64, a64) * np.einsum("ij,ij->i", e64, e64)
+
+
+def self_influence(train_factor_paths: list[str], out_path: str) -> None:
+    """Sum self-influence over checkpoints; write sample_id, self_influence and one column per epoch."""
+    ids0: np.ndarray | None = None
+    columns: dict[str, np.ndarray] = {}
+    for path in train_factor_paths:
+        ids, a, e, meta = read_factors(path)
+        if ids0 is None:
+            ids0 = ids
+        elif not np.array_equal(ids, ids0):
+            raise InflowError(f"{path}: sample ids differ from {train_factor_paths[0]}; factor files come from different manifests, rerun the factors rule")
+        columns[f"epoch_{meta['epoch']}"] = self_influence_terms(a, e, float(meta["tracin_lr"]))
+    assert ids0 is not None
+    table = pd.DataFrame({"sample_id": ids0, "self_influence": np.sum(list(columns.values()), axis=0), **columns})
+    log.info("self-influence of %d training samples over %d checkpoints", len(table), len(columns))
+    write_table(table, out_path)

@@ -1,0 +1,63 @@
+"""Glue between a Snakemake ``script:`` and the package: logging and error reporting.
+
+Each workflow script is::
+
+    from inflow.smk import run
+    from inflow.training import train_from_files
+    run(snakemake, train_from_files, ...)
+
+``run`` sends stderr and Python logging to the rule's log file, calls the function, and
+turns an :class:`~inflow.errors.InflowError` into one clear line (in the log and on the
+terminal) and exit status 1, with no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Callable
+
+from inflow.errors import InflowError
+
+log = logging.getLogger("inflow")
+
+
+def setup_logging(log_path: str | None) -> None:
+    """Log to ``log_path`` (and stderr) at INFO with timestamps."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.__stderr__)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    if log_path:
+        sys.stderr = open(log_path, "a", buffering=1)  # warnings and stray prints land in the log too
+
+
+def run(snakemake: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``func(*args, **kwargs)`` as the body of a rule, with logging and clean errors."""
+    log_path = snakemake.log[0] if len(snakemake.log) else None
+    setup_logging(log_path)
+    rule = getattr(snakemake, "rule", "?")
+    log.info("rule %s: start (threads=%s)", rule, snakemake.threads)
+    set_threads(snakemake.threads)
+    t0 = time.perf_counter()
+    try:
+        result = func(*args, **kwargs)
+    except InflowError as exc:
+        log.error("%s", exc)
+        print(f"inflow error in rule {rule}: {exc}", file=sys.__stderr__)
+        sys.exit(1)
+    log.info("rule %s: done in %.1fs", rule, time.perf_counter() - t0)
+    return result
+
+
+def set_threads(threads: int) -> None:
+    """Let torch use the cores Snakemake gave the job."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))

@@ -1,0 +1,15 @@
+from inflow.influence import parse_tile
+from inflow.smk import run
+from inflow.topk import accumulate_topk
+
+run(
+    snakemake,
+    accumulate_topk,
+    tile_files={parse_tile(t): f for t, f in zip(snakemake.params.tiles, snakemake.input.tiles)},
+    test_factors=snakemake.input.test_factors,
+    n_test_tiles=snakemake.params.test_tiles,
+    n_train_tiles=snakemake.params.train_tiles,
+    k=snakemake.params.top_k,
+    topk_out=snakemake.output.topk,
+    summary_out=snakemake.output.summary,
+)

@@ -1,0 +1,17 @@
+from inflow.factors import extract_factors
+from inflow.smk import run
+
+run(
+    snakemake,
+    extract_factors,
+    images_path=snakemake.input.images,
+    manifest_path=snakemake.input.manifest,
+    checkpoint_path=snakemake.input.checkpoint,
+    sidecar_path=snakemake.input.sidecar,
+    split=snakemake.wildcards.split,
+    train_cfg=snakemake.params.train,
+    include_bias=snakemake.params.include_bias,
+    batch_size=snakemake.params.batch_size,
+    device_name=snakemake.params.device,
+    out_path=snakemake.output[0],
+)

@@ -1,0 +1,4 @@
+from inflow.selfinfluence import self_influence
+from inflow.smk import run
+
+run(snakemake, self_influence, train_factor_paths=list(snakemake.input), out_path=snakemake.output[0])

@@ -1,0 +1,13 @@
+from inflow.smk import run
+from inflow.topk import tile_topk
+
+run(
+    snakemake,
+    tile_topk,
+    shard_paths=list(snakemake.input.shards),
+    train_factors=snakemake.input.train_factors,
+    tile=snakemake.wildcards.tile,
+    n_train_tiles=snakemake.params.train_tiles,
+    k=snakemake.params.top_k,
+    out_path=snakemake.output[0],
+)

@@ -1,0 +1,17 @@
+from inflow.smk import run
+from inflow.training import train
+
+run(
+    snakemake,
+    train,
+    images_path=snakemake.input.images,
+    manifest_path=snakemake.input.manifest,
+    model_cfg=snakemake.params.model,
+    train_cfg=snakemake.params.train,
+    seed=snakemake.params.seed,
+    device_name=snakemake.params.device,
+    checkpoint_paths=list(snakemake.output.checkpoints),
+    sidecar_paths=list(snakemake.output.sidecars),
+    best_path=snakemake.output.best,
+    metrics_path=snakemake.output.metrics,
+)
