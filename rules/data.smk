@@ -15,5 +15,7 @@ rule prepare_data:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(60),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/prepare_data.py"

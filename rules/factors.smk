@@ -19,5 +19,7 @@ rule factors:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/factors.py"

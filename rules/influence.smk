@@ -15,6 +15,8 @@ rule influence_shard:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/influence_shard.py"
 
@@ -36,6 +38,8 @@ rule tile_topk:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/tile_topk.py"
 
@@ -60,6 +64,8 @@ rule accumulate_topk:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/accumulate_topk.py"
 
@@ -77,5 +83,7 @@ rule self_influence:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/self_influence.py"

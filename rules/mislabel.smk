@@ -17,5 +17,7 @@ rule mislabel:
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/mislabel.py"

@@ -20,6 +20,8 @@ rule train:
     resources:
         mem_mb=scaled(8000),
         runtime=scaled(240),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/train.py"
 
@@ -43,5 +45,7 @@ rule predict:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    conda:
+        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/predict.py"

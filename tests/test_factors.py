@@ -1,0 +1,59 @@
+"""Factors of the hooked layer against brute-force per-sample autograd gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from inflow.factors import layer_factors, read_factors, write_factors
+from inflow.influence import ghost_block
+from inflow.losses import inverse_frequency_weights, per_sample_loss
+from inflow.models import build_model
+
+
+def per_sample_weight_grads(model, x, y, weights, smoothing, include_bias) -> torch.Tensor:
+    """(n, d_out * d_in [+ d_out]) full autograd gradients of each sample's own loss, one by one."""
+    layer = model.final_linear
+    rows = []
+    for i in range(len(x)):
+        loss = per_sample_loss(model(x[i : i + 1]), y[i : i + 1], weights, smoothing).sum()
+        params = [layer.weight, layer.bias] if include_bias else [layer.weight]
+        grads = torch.autograd.grad(loss, params)
+        rows.append(torch.cat([g.flatten() for g in grads]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("include_bias", [True, False])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_ghost_dot_product_equals_autograd_gradient_dot_product(include_bias: bool, smoothing: float) -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet9", num_classes=5, width=4).eval()
+    x = torch.rand(12, 3, 16, 16)
+    y = torch.randint(0, 5, (12,))
+    weights = inverse_frequency_weights(np.array([0, 0, 0, 1, 2, 2, 3, 4, 4, 4]), 5)
+    lr = 0.003
+
+    a, e = layer_factors(model, x, y, weights, smoothing, include_bias)
+    assert a.shape == (12, model.final_linear.in_features + include_bias)
+    assert e.shape == (12, 5)
+
+    g = per_sample_weight_grads(model, x, y, weights, smoothing, include_bias)
+    reference = lr * g @ g.T
+    ghost = ghost_block(a, e, a, e, lr)
+    torch.testing.assert_close(ghost, reference, rtol=1e-5, atol=1e-6 * reference.abs().max().item())
+
+
+def test_factor_parquet_round_trip_is_exact_and_zero_copy(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(7, 5)).astype(np.float32)
+    e = rng.normal(size=(7, 3)).astype(np.float32)
+    ids = np.arange(7) * 3
+    path = tmp_path / "f.parquet"
+    write_factors(str(path), ids, a, e, {"epoch": 2, "tracin_lr": 0.1})
+    ids2, a2, e2, meta = read_factors(str(path))
+    np.testing.assert_array_equal(ids2, ids)
+    np.testing.assert_array_equal(a2, a)
+    np.testing.assert_array_equal(e2, e)
+    assert meta == {"epoch": 2, "tracin_lr": 0.1}
+    assert not a2.flags.writeable  # a view of the Arrow buffer, not a copy

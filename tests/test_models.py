@@ -1,0 +1,37 @@
+"""Model registry: architectures, the hooked layer, local weights only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inflow.errors import InflowError
+from inflow.models import build_model, resnet9_backbone
+
+
+def test_resnet50_head_matches_the_seed_architecture() -> None:
+    model = build_model("resnet50_head", num_classes=10)
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 512), (512, 256), (256, 10)]
+    assert model.final_linear is linears[-1]
+    assert all(m.negative_slope == 0.01 for m in model.head if isinstance(m, torch.nn.LeakyReLU))
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_pretrained_weights_load_from_a_local_file(tmp_path) -> None:
+    backbone, _ = resnet9_backbone(4)
+    torch.save(backbone.state_dict(), tmp_path / "w.pth")
+    model = build_model("resnet9", 3, width=4, pretrained_weights=str(tmp_path / "w.pth"))
+    for k, v in backbone.state_dict().items():
+        torch.testing.assert_close(model.backbone.state_dict()[k], v)
+
+
+def test_missing_or_wrong_weights_fail_clearly(tmp_path) -> None:
+    with pytest.raises(InflowError, match="model.pretrained_weights"):
+        build_model("resnet9", 3, width=4, pretrained_weights=str(tmp_path / "nope.pth"))
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(InflowError, match="does not fit"):
+        build_model("resnet9", 3, width=4, pretrained_weights=str(tmp_path / "other.pth"))
+    with pytest.raises(InflowError, match="model.arch"):
+        build_model("vgg", 3)

@@ -1,0 +1,91 @@
+"""The Snakemake DAG end to end on a tiny config, in a temporary working directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from inflow.factors import read_factors
+from inflow.io import read_table
+
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+CKPTS = (2, 3)
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(TINY), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A finished tiny run: one targeted file first, then the rest of the DAG."""
+    wd = tmp_path_factory.mktemp("run")
+    snakemake(wd, "results/factors/epoch_2/test.parquet")
+    assert (wd / "results/factors/epoch_2/test.parquet").exists()
+    assert not (wd / "results/influence").exists()  # only what that one target needs
+    snakemake(wd)
+    return wd
+
+
+def test_dry_run_shows_the_dag(tmp_path) -> None:
+    out = snakemake(tmp_path, "-n").stdout
+    for rule, count in [("prepare_data", 1), ("train", 1), ("factors", 4), ("influence_shard", 8), ("tile_topk", 4), ("accumulate_topk", 1), ("self_influence", 1), ("mislabel", 1)]:
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not in dry run:\n{out}"
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean() -> None:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], capture_output=True, text=True, cwd=REPO)
+    assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_outputs_exist_and_intermediates_are_removed(workdir: Path) -> None:
+    for rel in ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/self_influence.parquet",
+                "results/mislabel/ranking.parquet", "results/mislabel/mislabel_metrics.json", "results/predictions/false_predictions.csv",
+                "results/train/metrics.parquet", "logs/train.log", "benchmarks/train.tsv"]:
+        assert (workdir / rel).stat().st_size > 0, rel
+    assert not list((workdir / "results/influence").glob("shards/*/*.npy"))  # temp() shards are gone
+    side = json.loads((workdir / "results/train/checkpoints/epoch_2.json").read_text())
+    assert side["epoch"] == 2 and side["tracin_lr"] > 0 and set(side["lr"]) == {"backbone", "head"}
+
+
+def test_workflow_topk_is_exact(workdir: Path) -> None:
+    """topk.parquet equals the top-k of the dense TracIn matrix recomputed from the factor files."""
+    dense = 0.0
+    for c in CKPTS:
+        q_ids, a_q, e_q, meta = read_factors(str(workdir / f"results/factors/epoch_{c}/test.parquet"))
+        r_ids, a_r, e_r, _ = read_factors(str(workdir / f"results/factors/epoch_{c}/train.parquet"))
+        dense = dense + meta["tracin_lr"] * (a_q.astype(np.float64) @ a_r.T.astype(np.float64)) * (e_q.astype(np.float64) @ e_r.T.astype(np.float64))
+    topk = read_table(workdir / "results/influence/topk.parquet")
+    k = int(topk["rank"].max())
+    assert k == 5
+    pro = topk[topk.kind == "proponent"].sort_values(["test_id", "rank"])
+    expected = r_ids[np.argsort(-dense, axis=1)[:, :k]]
+    np.testing.assert_array_equal(pro.train_id.to_numpy().reshape(len(q_ids), k), expected)
+    opp = topk[topk.kind == "opponent"].sort_values(["test_id", "rank"])
+    np.testing.assert_allclose(opp.influence.to_numpy().reshape(len(q_ids), k), np.sort(dense, axis=1)[:, :k], rtol=1e-4, atol=1e-9)
+
+
+def test_mislabel_metrics_are_reported(workdir: Path) -> None:
+    metrics = json.loads((workdir / "results/mislabel/mislabel_metrics.json").read_text())
+    assert metrics["n_flipped"] == round(0.1 * metrics["n_train"])
+    for block in (metrics["ranking"], metrics["baseline_loss"]):
+        assert 0 <= block["recall_at_10pct"] <= 1 and 0 <= block["auroc"] <= 1
+    ranking = read_table(workdir / "results/mislabel/ranking.parquet")
+    assert ranking["rank"].tolist() == list(range(1, len(ranking) + 1))
+    assert ranking.score.is_monotonic_decreasing
+
+
+def test_second_run_has_nothing_to_do(workdir: Path) -> None:
+    out = snakemake(workdir)
+    assert "Nothing to be done" in out.stdout + out.stderr
