@@ -54,6 +54,6 @@ def load_split(images_path: str, manifest: pd.DataFrame, split: str) -> Split:
         raise InflowError(f"{images_path}: has {len(images)} images but the manifest refers to row {rows['row'].max()}; rerun prepare_data")
     return Split(
         images=np.asarray(images[rows["row"].to_numpy()]),
-        labels=rows["label"].to_numpy(dtype=np.int64),
-        sample_ids=rows["sample_id"].to_numpy(dtype=np.int64),
+        labels=rows["label"].to_numpy(dtype=np.int64, copy=True),
+        sample_ids=rows["sample_id"].to_numpy(dtype=np.int64, copy=True),
     )

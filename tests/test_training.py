@@ -1,0 +1,61 @@
+"""Training: determinism on CPU, checkpoint sidecars, and early stopping before a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from inflow.checkpoints import load_checkpoint, read_sidecar
+from inflow.errors import InflowError
+from inflow.io import read_table, write_json
+from inflow.prepare import prepare_data
+from inflow.training import train
+
+MODEL = {"arch": "resnet9", "width": 4, "pretrained_weights": None}
+TRAIN = {"epochs": 3, "warmup_epochs": 1, "batch_size": 32, "lr_head": 1e-3, "lr_backbone": 5e-4, "weight_decay": 5e-4,
+         "label_smoothing": 0.1, "class_weights": True, "augment": True, "plateau_factor": 0.5, "plateau_patience": 1,
+         "early_stopping_patience": 5, "checkpoint_epochs": [1, 3]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    cfg = {"source": "synthetic", "image_size": 16, "noise_rate": 0.1, "val_fraction": 0.2, "synthetic": {"n_train": 120, "n_test": 20}}
+    prepare_data(cfg, 0, str(d / "im.npy"), str(d / "m.parquet"), str(d / "s.csv"), str(d / "c.json"))
+    return str(d / "im.npy"), str(d / "m.parquet")
+
+
+def run_train(data, out, **over):
+    cfg = {**TRAIN, **over}
+    ce = cfg["checkpoint_epochs"]
+    paths = [str(out / f"e{e}.pt") for e in ce], [str(out / f"e{e}.json") for e in ce]
+    train(*data, MODEL, cfg, 0, "cpu", paths[0], paths[1], str(out / "best.pt"), str(out / "metrics.parquet"))
+    return paths
+
+
+def test_training_is_deterministic_and_writes_sidecars(data, tmp_path) -> None:
+    (a_pt, a_js), (b_pt, _) = run_train(data, tmp_path / "a"), run_train(data, tmp_path / "b")
+    for pa_, pb_ in zip(a_pt, b_pt):
+        sa, sb = torch.load(pa_, weights_only=True)["state_dict"], torch.load(pb_, weights_only=True)["state_dict"]
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    warm, full = read_sidecar(a_js[0]), read_sidecar(a_js[1])
+    assert warm["stage"] == "warmup" and warm["lr"]["backbone"] == 0.0 and warm["tracin_lr"] == TRAIN["lr_head"]
+    assert full["epoch"] == 3 and full["lr"]["backbone"] > 0
+    metrics = read_table(tmp_path / "a" / "metrics.parquet")
+    assert {"epoch", "lr_head", "lr_backbone", "train_loss", "val_accuracy", "checkpoint"} <= set(metrics.columns)
+    assert load_checkpoint(a_pt[1], torch.device("cpu")).final_linear.out_features == 10
+
+
+def test_checkpoint_after_early_stop_has_zero_lr(data, tmp_path) -> None:
+    # lr 0 after warm-up: the val loss cannot improve, so patience 1 stops at epoch 2
+    _, sidecars = run_train(data, tmp_path, epochs=6, checkpoint_epochs=[1, 6], lr_backbone=1e-12, lr_head=1e-12, early_stopping_patience=1)
+    late = json.loads(open(sidecars[1]).read())
+    assert late["trained"] is False and late["tracin_lr"] == 0.0 and late["stopped_at"] < 6
+
+
+def test_sidecar_without_learning_rate_is_rejected(tmp_path) -> None:
+    write_json({"epoch": 3}, tmp_path / "side.json")
+    with pytest.raises(InflowError, match="lacks lr, tracin_lr"):
+        read_sidecar(tmp_path / "side.json")
