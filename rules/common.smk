@@ -1,14 +1,18 @@
 # Config validation and every helper the rules use. Rule files hold rules only.
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.config import semantic_errors
+from inflow.config import schema_errors, semantic_errors
 
 
-validate(config, "../schemas/config.schema.yaml", set_default=True)
-_errors = semantic_errors(config)
+# One line per problem, naming the key, before any job runs; then fill in the schema defaults.
+_errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
+if not _errors:
+    validate(config, "../schemas/config.schema.yaml", set_default=True)
+    _errors = semantic_errors(config)
 if _errors:
-    raise ValueError("invalid config:\n  " + "\n  ".join(_errors))
+    raise WorkflowError("invalid config (config.yaml or --config/--configfile):\n  " + "\n  ".join(_errors))
 
 
 CKPTS = [str(e) for e in sorted(config["train"]["checkpoint_epochs"])]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -10,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from conftest import REPO
-from inflow.config import semantic_errors
+from inflow.config import schema_errors, semantic_errors
 
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 
@@ -54,3 +56,24 @@ def test_semantic_errors_name_the_key() -> None:
     errors = semantic_errors(bad)
     assert any(e.startswith("train.checkpoint_epochs") and "[40]" in e for e in errors)
     assert any(e.startswith("dataset.imagefolder.path") for e in errors)
+
+
+def test_schema_errors_are_one_line_per_problem_naming_the_key() -> None:
+    cfg = default_config()
+    cfg["train"]["bogus_key"] = 1
+    cfg["influence"]["top_k"] = 0
+    errors = schema_errors(cfg, SCHEMA)
+    assert len(errors) == 2 and all("\n" not in e for e in errors)
+    assert errors[0].startswith("influence.top_k: 0 is less than the minimum of 1")
+    assert errors[1].startswith("train: ") and "'bogus_key' was unexpected" in errors[1] and "checkpoint_epochs" in errors[1]
+    assert schema_errors(default_config(), SCHEMA) == []
+
+
+def test_workflow_refuses_a_bad_config_before_any_job(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  checkpoint_epochs: [3, 40]\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(bad), "-n"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "train.checkpoint_epochs: [40] are beyond train.epochs=12" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

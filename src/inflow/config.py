@@ -1,9 +1,27 @@
-"""Semantic checks of the workflow config that a JSON schema cannot express."""
+"""Config checks with one line per problem: JSON-schema errors and semantic ones a schema cannot express."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import jsonschema
+import yaml
+
+
+def schema_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
+    """One line per JSON-schema violation, naming the dotted key, e.g. ``train.epochs: 0 is less than the minimum of 1``."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        key = ".".join(map(str, err.absolute_path)) or "(top level)"
+        if err.validator == "additionalProperties":
+            allowed = ", ".join(sorted(err.schema.get("properties", {})))
+            lines.append(f"{key}: {err.message}; allowed keys here: {allowed}")
+        else:
+            lines.append(f"{key}: {err.message}")
+    return lines
 
 
 def semantic_errors(config: dict[str, Any]) -> list[str]:

@@ -24,10 +24,12 @@ log = logging.getLogger("inflow")
 
 
 def setup_logging(log_path: str | None) -> None:
-    """Log to ``log_path`` (and stderr) at INFO with timestamps."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.__stderr__)]
-    if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+    """Log to ``log_path`` (or stderr when the rule has no log) at INFO with timestamps.
+
+    Job output stays in its log so parallel jobs do not interleave on the terminal; errors are
+    also printed to the terminal by :func:`run`.
+    """
+    handlers: list[logging.Handler] = [logging.FileHandler(log_path, mode="w") if log_path else logging.StreamHandler(sys.__stderr__)]
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
