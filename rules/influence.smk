@@ -7,6 +7,8 @@ rule influence_shard:
     params:
         test_tiles=N_TEST_TILES,
         train_tiles=N_TRAIN_TILES,
+        memory_mb=config["influence"]["memory_mb"],
+        device=config["device"],
     log:
         "logs/influence_shard/epoch_{ckpt}_tile_{tile}.log",
     benchmark:
@@ -30,6 +32,8 @@ rule tile_topk:
     params:
         train_tiles=N_TRAIN_TILES,
         top_k=config["influence"]["top_k"],
+        memory_mb=config["influence"]["memory_mb"],
+        device=config["device"],
     log:
         "logs/tile_topk/tile_{tile}.log",
     benchmark:

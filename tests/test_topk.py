@@ -14,7 +14,7 @@ from inflow.selfinfluence import self_influence
 from inflow.topk import accumulate_topk, merge_topk, row_topk, tile_topk
 
 
-def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k):
+def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb=1024):
     tiles = {}
     for q in range(n_test_tiles):
         for r in range(n_train_tiles):
@@ -22,18 +22,21 @@ def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k):
             shards = []
             for epoch in lrs:
                 shard = tmp_path / f"shard_{epoch}_{tile}.npy"
-                influence_shard(paths[(epoch, "test")], paths[(epoch, "train")], tile, n_test_tiles, n_train_tiles, str(shard))
+                influence_shard(paths[(epoch, "test")], paths[(epoch, "train")], tile, n_test_tiles, n_train_tiles, str(shard), memory_mb)
                 shards.append(str(shard))
             tiles[(q, r)] = str(tmp_path / f"tile_{tile}.npz")
-            tile_topk(shards, paths[(max(lrs), "train")], tile, n_train_tiles, k, tiles[(q, r)])
+            tile_topk(shards, paths[(max(lrs), "train")], tile, n_train_tiles, k, tiles[(q, r)], memory_mb)
     accumulate_topk(tiles, paths[(max(lrs), "test")], n_test_tiles, n_train_tiles, k, str(tmp_path / "topk.parquet"), str(tmp_path / "summary.parquet"))
     return read_table(tmp_path / "topk.parquet"), read_table(tmp_path / "summary.parquet")
 
 
-@pytest.mark.parametrize("n_test_tiles,n_train_tiles,k", [(1, 1, 5), (2, 3, 5), (3, 4, 10), (1, 7, 20)])
-def test_tiled_topk_equals_dense_topk(factor_files, tmp_path, n_test_tiles, n_train_tiles, k) -> None:
+@pytest.mark.parametrize(
+    "n_test_tiles,n_train_tiles,k,memory_mb",
+    [(1, 1, 5, 1024), (2, 3, 5, 1024), (3, 4, 10, 1024), (1, 7, 20, 1024), (2, 2, 5, 0.0005)],  # last: 1-row chunks
+)
+def test_tiled_topk_equals_dense_topk(factor_files, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb) -> None:
     paths, arrays, lrs = factor_files
-    topk, summary = run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k)
+    topk, summary = run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb)
     dense = dense_tracin(arrays, lrs)  # (23, 57), float64, brute force
     train_ids, test_ids = arrays[(3, "train")][0], arrays[(3, "test")][0]
     for kind, sign in (("proponent", -1), ("opponent", 1)):

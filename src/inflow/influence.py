@@ -10,29 +10,37 @@ from __future__ import annotations
 import logging
 import re
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
 from inflow.factors import as_tensor, read_factors
-from inflow.io import save_npy
+from inflow.io import atomic_path
+from inflow.models import resolve_device
 
 log = logging.getLogger(__name__)
 
 
-def ghost_block(a_test: Tensor, e_test: Tensor, a_train: Tensor, e_train: Tensor, lr: float) -> Tensor:
+def ghost_block(a_test: Tensor, e_test: Tensor, a_train: Tensor, e_train: Tensor, lr: float, out: Tensor | None = None) -> Tensor:
     """``lr * (a_test a_train^T) * (e_test e_train^T)``.
 
     Args:
         a_test: ``(n_test, d_a)``; e_test: ``(n_test, d_out)``;
         a_train: ``(n_train, d_a)``; e_train: ``(n_train, d_out)``.
+        out: optional contiguous ``(n_test, n_train)`` float32 tensor to write into.
 
     Returns:
         ``(n_test, n_train)`` influence of each train sample on each test sample at one checkpoint.
     """
-    block = a_test @ a_train.T
+    block = torch.matmul(a_test, a_train.T, out=out) if out is not None else a_test @ a_train.T
     block.mul_(e_test @ e_train.T)
     return block.mul_(lr)
+
+
+def rows_per_chunk(n_cols: int, memory_mb: float, buffers: int = 2) -> int:
+    """Rows per chunk so that ``buffers`` float32 ``(rows, n_cols)`` temporaries fit in ``memory_mb``."""
+    return max(1, int(memory_mb * 2**20) // (4 * max(n_cols, 1) * buffers))
 
 
 def tile_bounds(n: int, n_tiles: int, index: int) -> tuple[int, int]:
@@ -52,8 +60,16 @@ def parse_tile(tile: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def influence_shard(test_factors: str, train_factors: str, tile: str, n_test_tiles: int, n_train_tiles: int, out_path: str) -> None:
-    """Write the dense ``(n_test_tile, n_train_tile)`` float32 influence block of one checkpoint."""
+def influence_shard(
+    test_factors: str, train_factors: str, tile: str, n_test_tiles: int, n_train_tiles: int, out_path: str,
+    memory_mb: float = 1024, device_name: str = "cpu",
+) -> None:
+    """Write the dense ``(n_test_tile, n_train_tile)`` float32 influence block of one checkpoint.
+
+    The block is computed in row chunks straight into the ``.npy`` file (memory-mapped), so
+    memory stays within ``memory_mb`` whatever the tile size. On a GPU the chunks are computed
+    there and copied back.
+    """
     q, r = parse_tile(tile)
     _, a_q, e_q, meta_q = read_factors(test_factors)
     _, a_r, e_r, meta_r = read_factors(train_factors)
@@ -65,8 +81,19 @@ def influence_shard(test_factors: str, train_factors: str, tile: str, n_test_til
     q0, q1 = tile_bounds(len(a_q), n_test_tiles, q)
     r0, r1 = tile_bounds(len(a_r), n_train_tiles, r)
     lr = float(meta_r["tracin_lr"])
-    block = ghost_block(
-        as_tensor(a_q[q0:q1]), as_tensor(e_q[q0:q1]), as_tensor(a_r[r0:r1]), as_tensor(e_r[r0:r1]), lr,
-    )
-    log.info("epoch %s tile %s: test rows %d:%d x train rows %d:%d, lr %g", meta_r.get("epoch"), tile, q0, q1, r0, r1, lr)
-    save_npy(block.numpy(), out_path)
+    device = resolve_device(device_name)
+    a_train, e_train = as_tensor(a_r[r0:r1]).to(device), as_tensor(e_r[r0:r1]).to(device)
+    chunk = rows_per_chunk(r1 - r0, memory_mb)
+    log.info("epoch %s tile %s: test rows %d:%d x train rows %d:%d, lr %g, %d rows per chunk on %s", meta_r.get("epoch"), tile, q0, q1, r0, r1, lr, chunk, device)
+    with atomic_path(out_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(q1 - q0, r1 - r0))
+        for c0 in range(q0, q1, chunk):
+            c1 = min(c0 + chunk, q1)
+            target = torch.from_numpy(out[c0 - q0 : c1 - q0])
+            a_chunk, e_chunk = as_tensor(a_q[c0:c1]).to(device), as_tensor(e_q[c0:c1]).to(device)
+            if device.type == "cpu":
+                ghost_block(a_chunk, e_chunk, a_train, e_train, lr, out=target)
+            else:
+                target.copy_(ghost_block(a_chunk, e_chunk, a_train, e_train, lr))
+        out.flush()
+        del out

@@ -17,28 +17,32 @@ import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
-from inflow.factors import read_factors
-from inflow.influence import parse_tile, tile_bounds
+from inflow.factors import as_tensor, read_factors
+from inflow.influence import parse_tile, rows_per_chunk, tile_bounds
 from inflow.io import atomic_path, write_table
+from inflow.models import resolve_device
 
 log = logging.getLogger(__name__)
 
 KINDS = ("proponent", "opponent")
 
 
-def sum_shards(shard_paths: list[str]) -> Tensor:
-    """Sum dense per-checkpoint shards in the given order: ``(n_test_tile, n_train_tile)`` float32."""
-    total: Tensor | None = None
-    for path in shard_paths:
-        block = torch.from_numpy(np.load(path))
-        if total is None:
-            total = block.clone()
-        elif block.shape != total.shape:
-            raise InflowError(f"{path}: shard shape {tuple(block.shape)} differs from {tuple(total.shape)}; rerun the influence shards")
-        else:
-            total += block
-    if total is None:
+def open_shards(shard_paths: list[str]) -> list[np.ndarray]:
+    """Memory-map the per-checkpoint shards of one tile; all must have the same shape."""
+    if not shard_paths:
         raise InflowError("no influence shards to sum; check train.checkpoint_epochs")
+    shards = [np.load(p, mmap_mode="r") for p in shard_paths]
+    for path, shard in zip(shard_paths, shards):
+        if shard.shape != shards[0].shape or shard.dtype != np.float32:
+            raise InflowError(f"{path}: shard is {shard.dtype}{shard.shape}, expected float32{shards[0].shape}; rerun the influence shards")
+    return shards
+
+
+def sum_rows(shards: list[np.ndarray], start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of the sum of ``shards`` in list (checkpoint) order, ``(stop-start, n_train_tile)`` float32."""
+    total = torch.from_numpy(np.array(shards[0][start:stop]))
+    for shard in shards[1:]:
+        total += as_tensor(shard[start:stop])
     return total
 
 
@@ -66,29 +70,40 @@ def merge_topk(values: list[Tensor], ids: list[Tensor], k: int, largest: bool) -
     return best.values, idx.gather(1, best.indices)
 
 
-def tile_topk(shard_paths: list[str], train_factors: str, tile: str, n_train_tiles: int, k: int, out_path: str) -> None:
+def tile_topk(
+    shard_paths: list[str], train_factors: str, tile: str, n_train_tiles: int, k: int, out_path: str,
+    memory_mb: float = 1024, device_name: str = "cpu",
+) -> None:
     """Sum one tile's shards over checkpoints; save its row top-k (train sample ids) and row sums.
 
-    The ``.npz`` holds ``proponent_values/ids``, ``opponent_values/ids`` ``(n_test_tile, k')``
-    and ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``.
+    Rows are processed in chunks that fit ``memory_mb``. The ``.npz`` holds
+    ``proponent_values/ids``, ``opponent_values/ids`` ``(n_test_tile, k')`` and
+    ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``.
     """
     _, r = parse_tile(tile)
     train_ids, _, _, _ = read_factors(train_factors)
     r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
-    total = sum_shards(shard_paths)
-    if total.shape[1] != r1 - r0:
-        raise InflowError(f"{shard_paths[0]}: shard has {total.shape[1]} train columns but tile {tile} of {train_factors} has {r1 - r0}; rerun the influence shards")
-    if not torch.isfinite(total).all():
-        rows = torch.nonzero(~torch.isfinite(total).all(1)).flatten()[:10].tolist()
-        raise InflowError(f"tile {tile}: non-finite influence in test rows {rows}; check the factor files for NaN/Inf")
+    shards = open_shards(shard_paths)
+    n_rows, n_cols = shards[0].shape
+    if n_cols != r1 - r0:
+        raise InflowError(f"{shard_paths[0]}: shard has {n_cols} train columns but tile {tile} of {train_factors} has {r1 - r0}; rerun the influence shards")
     ids = torch.from_numpy(train_ids[r0:r1])
-    arrays: dict[str, np.ndarray] = {}
-    for kind, (vals, cols) in row_topk(total, k).items():
-        arrays[f"{kind}_values"] = vals.numpy()
-        arrays[f"{kind}_ids"] = ids[cols].numpy()
-    arrays["positive_sum"] = total.clamp(min=0).sum(1, dtype=torch.float64).numpy()
-    arrays["negative_sum"] = total.clamp(max=0).sum(1, dtype=torch.float64).numpy()
-    arrays["n_positive"] = (total > 0).sum(1).numpy()
+    device = resolve_device(device_name)
+    parts: dict[str, list[np.ndarray]] = {}
+    chunk = rows_per_chunk(n_cols, memory_mb, buffers=3)
+    for start in range(0, n_rows, chunk):
+        total = sum_rows(shards, start, min(start + chunk, n_rows)).to(device)
+        finite = torch.isfinite(total).all(1)
+        if not finite.all():
+            rows = (start + torch.nonzero(~finite).flatten()[:10]).tolist()
+            raise InflowError(f"tile {tile}: non-finite influence in test rows {rows}; check the factor files for NaN/Inf")
+        for kind, (vals, cols) in row_topk(total, k).items():
+            parts.setdefault(f"{kind}_values", []).append(vals.cpu().numpy())
+            parts.setdefault(f"{kind}_ids", []).append(ids[cols.cpu()].numpy())
+        parts.setdefault("positive_sum", []).append(total.clamp(min=0).sum(1, dtype=torch.float64).cpu().numpy())
+        parts.setdefault("negative_sum", []).append(total.clamp(max=0).sum(1, dtype=torch.float64).cpu().numpy())
+        parts.setdefault("n_positive", []).append((total > 0).sum(1).cpu().numpy())
+    arrays = {name: np.concatenate(p) for name, p in parts.items()}
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)

@@ -1,0 +1,232 @@
+"""Influence-stage benchmark: the workflow's own code on random factors of a chosen shape.
+
+    .venv/bin/python benchmarks/influence_bench.py                      # seed scale: 26k x 6k, 5 ckpts, 256->10, top-100
+    .venv/bin/python benchmarks/influence_bench.py --n-train 260000     # 10x scale
+    .venv/bin/python benchmarks/influence_bench.py --n-train 2000 --n-test 500 --compare   # + naive and Captum
+
+It writes random factors as the workflow's factor Parquet files, then, in a fresh child process
+(so its peak RSS is the workflow code's alone), times the same functions the rules call:
+factor loading, every influence shard (checkpoint x tile), tile top-k plus accumulation, and
+self-influence. It prints pairs per second, the GFLOP/s achieved by the influence products
+against a plain float32 matmul of the same sizes timed in the same run (the roofline), and
+peak RSS. ``--compare`` also times (a) a naive reference that builds every per-sample weight
+gradient (d_out x d_in) and multiplies them, and (b) Captum's TracInCPFast on the same final
+layer (captum is a benchmark-only dependency: ``pip install captum``), and reports ratios.
+Nothing here is a test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inflow.factors import read_factors, write_factors
+from inflow.influence import ghost_block, influence_shard
+from inflow.selfinfluence import self_influence
+from inflow.topk import accumulate_topk, tile_topk
+
+
+def make_factors(workdir: Path, n_train: int, n_test: int, n_ckpt: int, d_a: int, d_out: int, seed: int = 0) -> dict:
+    """Random factors written like the workflow's; returns {(ckpt, split): path}."""
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for c in range(n_ckpt):
+        for split, n, offset in (("train", n_train, 0), ("test", n_test, 10**9)):
+            a = rng.standard_normal((n, d_a), dtype=np.float32)
+            e = rng.standard_normal((n, d_out), dtype=np.float32) * 0.1
+            path = workdir / f"epoch_{c}" / f"{split}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_factors(str(path), np.arange(n, dtype=np.int64) + offset, a, e, {"epoch": c, "tracin_lr": 1e-3 / (c + 1), "split": split})
+            paths[(c, split)] = str(path)
+    return paths
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Time the workflow's influence code (run in a child process); print one JSON line."""
+    torch.set_num_threads(args.threads)
+    wd = Path(args.workdir)
+    ckpts = range(args.n_ckpt)
+    q_tiles, r_tiles = args.test_tiles, args.train_tiles
+    times = {}
+
+    t = time.perf_counter()
+    for c in ckpts:
+        for split in ("train", "test"):
+            read_factors(str(wd / f"epoch_{c}" / f"{split}.parquet"))
+    times["factor_loading"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    for c in ckpts:
+        for q in range(q_tiles):
+            for r in range(r_tiles):
+                influence_shard(str(wd / f"epoch_{c}/test.parquet"), str(wd / f"epoch_{c}/train.parquet"), f"{q}-{r}", q_tiles, r_tiles,
+                                str(wd / f"shards/epoch_{c}/tile_{q}-{r}.npy"), args.memory_mb)
+    times["influence_shards"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tiles = {}
+    for q in range(q_tiles):
+        for r in range(r_tiles):
+            tiles[(q, r)] = str(wd / f"tiles/tile_{q}-{r}.npz")
+            shards = [str(wd / f"shards/epoch_{c}/tile_{q}-{r}.npy") for c in ckpts]
+            tile_topk(shards, str(wd / f"epoch_{args.n_ckpt - 1}/train.parquet"), f"{q}-{r}", r_tiles, args.top_k, tiles[(q, r)], args.memory_mb)
+            for s in shards:  # the workflow deletes temp() shards as soon as their tile is done
+                os.remove(s)
+    accumulate_topk(tiles, str(wd / f"epoch_{args.n_ckpt - 1}/test.parquet"), q_tiles, r_tiles, args.top_k, str(wd / "topk.parquet"), str(wd / "summary.parquet"))
+    times["topk_accumulation"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    self_influence([str(wd / f"epoch_{c}/train.parquet") for c in ckpts], str(wd / "self_influence.parquet"))
+    times["self_influence"] = time.perf_counter() - t
+
+    print(json.dumps({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def matmul_roofline(m: int, n: int, k: int, threads: int, repeats: int = 3) -> float:
+    """Best GFLOP/s of a plain float32 ``(m, k) @ (k, n)`` matmul."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out = torch.empty(m, n)
+    torch.matmul(a, b, out=out)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+    return 2 * m * n * k / best / 1e9
+
+
+def naive_pairs_per_second(paths: dict, n_ckpt: int, n_test_sub: int, n_train_sub: int) -> tuple[float, float]:
+    """Per-sample full weight gradients ``vec(e a^T)`` (d_out*d_a wide) multiplied as one GEMM.
+
+    Returns (pair-checkpoints/s, max relative difference from the ghost result on the same pairs).
+    """
+    elapsed, worst = 0.0, 0.0
+    for c in range(n_ckpt):
+        _, a_r, e_r, meta = read_factors(paths[(c, "train")])
+        _, a_q, e_q, _ = read_factors(paths[(c, "test")])
+        a_q, e_q, a_r, e_r = (torch.from_numpy(np.array(x)) for x in (a_q[:n_test_sub], e_q[:n_test_sub], a_r[:n_train_sub], e_r[:n_train_sub]))
+        t = time.perf_counter()
+        g_q = (e_q[:, :, None] * a_q[:, None, :]).reshape(len(a_q), -1)
+        g_r = (e_r[:, :, None] * a_r[:, None, :]).reshape(len(a_r), -1)
+        naive = meta["tracin_lr"] * (g_q @ g_r.T)
+        elapsed += time.perf_counter() - t
+        ghost = ghost_block(a_q, e_q, a_r, e_r, meta["tracin_lr"])
+        worst = max(worst, float((naive - ghost).abs().max() / ghost.abs().max()))
+    return n_ckpt * n_test_sub * n_train_sub / elapsed, worst
+
+
+def captum_pairs_per_second(paths: dict, n_ckpt: int, n_test_sub: int, n_train_sub: int, top_k: int, tmp: Path) -> float | None:
+    """Captum TracInCPFast proponents + opponents on the same final layer (bias dropped), pairs/s."""
+    try:
+        from captum.influence import TracInCPFast
+    except ImportError:
+        return None
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    _, a_r, _, _ = read_factors(paths[(0, "train")])
+    _, a_q, _, _ = read_factors(paths[(0, "test")])
+    d_in = a_r.shape[1]
+    rng = np.random.default_rng(1)
+    x_r, x_q = torch.from_numpy(np.array(a_r[:n_train_sub])), torch.from_numpy(np.array(a_q[:n_test_sub]))
+    d_out = read_factors(paths[(0, "train")])[2].shape[1]
+    y_r = torch.from_numpy(rng.integers(0, d_out, len(x_r)))
+    y_q = torch.from_numpy(rng.integers(0, d_out, len(x_q)))
+    layer = nn.Linear(d_in, d_out)
+    ckpts = []
+    for c in range(n_ckpt):
+        torch.manual_seed(c)
+        p = tmp / f"captum_ckpt_{c}.pt"
+        torch.save(nn.Linear(d_in, d_out).state_dict(), p)
+        ckpts.append(str(p))
+
+    def load(model: nn.Module, path: str) -> float:
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return 1e-3
+
+    tracin = TracInCPFast(layer, layer, TensorDataset(x_r, y_r), ckpts, checkpoints_load_func=load,
+                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4096)
+    t = time.perf_counter()
+    tracin.influence((x_q, y_q), k=top_k, proponents=True)
+    tracin.influence((x_q, y_q), k=top_k, proponents=False)
+    return len(x_q) * len(x_r) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-train", type=int, default=26000)
+    p.add_argument("--n-test", type=int, default=6000)
+    p.add_argument("--n-ckpt", type=int, default=5)
+    p.add_argument("--d-in", type=int, default=256, help="input width of the final Linear (a gets +1 for the bias)")
+    p.add_argument("--d-out", type=int, default=10)
+    p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--test-tiles", type=int, default=1)
+    p.add_argument("--train-tiles", type=int, default=2)
+    p.add_argument("--memory-mb", type=float, default=512, help="per-job chunk budget (influence.memory_mb)")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--compare", action="store_true", help="also time the naive reference and Captum TracInCPFast")
+    p.add_argument("--compare-test", type=int, default=1000, help="test samples used for the naive/Captum comparison")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+
+    tmp = tempfile.TemporaryDirectory(prefix="inflow-bench-") if args.workdir is None else None
+    wd = Path(args.workdir or tmp.name)
+    d_a = args.d_in + 1
+    print(f"shape: n_train={args.n_train} n_test={args.n_test} n_ckpt={args.n_ckpt} d_a={d_a} d_out={args.d_out} top_k={args.top_k} "
+          f"tiles={args.test_tiles}x{args.train_tiles} memory_mb={args.memory_mb} threads={args.threads} torch={torch.__version__}")
+    t = time.perf_counter()
+    paths = make_factors(wd, args.n_train, args.n_test, args.n_ckpt, d_a, args.d_out)
+    print(f"generated factors in {time.perf_counter() - t:.1f}s (not counted)")
+
+    cmd = [sys.executable, __file__, "--worker", "--workdir", str(wd)] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    times = res["times"]
+    total = sum(times.values())
+    pairs = args.n_train * args.n_test * args.n_ckpt
+    flops = 2.0 * pairs * (d_a + args.d_out)  # the two GEMMs per checkpoint
+    n_q, n_r = -(-args.n_test // args.test_tiles), -(-args.n_train // args.train_tiles)
+    roof = matmul_roofline(n_q, n_r, d_a, args.threads)
+    shard_gflops = flops / times["influence_shards"] / 1e9
+    print("\nstage                    seconds")
+    for k, v in times.items():
+        print(f"  {k:22s} {v:8.2f}")
+    print(f"  {'total':22s} {total:8.2f}   (influence + exact top-k: {times['influence_shards'] + times['topk_accumulation']:.2f}s)")
+    print(f"\npairs (train x test x ckpt): {pairs:.3e}  ->  {pairs / total:.3e} pairs/s end to end")
+    print(f"influence products: {flops / 1e9:.1f} GFLOP in {times['influence_shards']:.2f}s = {shard_gflops:.1f} GFLOP/s "
+          f"(shard stage incl. writing shards); matmul roofline {roof:.1f} GFLOP/s -> {100 * shard_gflops / roof:.0f}% of roofline")
+    print(f"peak RSS of the workflow code: {res['peak_rss_mb']:.0f} MB")
+
+    if args.compare:
+        n_sub = min(args.compare_test, args.n_test)
+        ours = pairs / (times["influence_shards"] + times["topk_accumulation"])  # pair-checkpoints/s, shards + exact top-k
+        naive, err = naive_pairs_per_second(paths, args.n_ckpt, n_sub, args.n_train)
+        print(f"\nnaive per-sample-gradient reference ({n_sub} test x {args.n_train} train): {naive:.3e} pair-ckpts/s "
+              f"(products only, no top-k); inflow is {ours / naive:.1f}x faster; max rel. difference {err:.1e}")
+        cap = captum_pairs_per_second(paths, args.n_ckpt, n_sub, args.n_train, args.top_k, wd)
+        if cap is None:
+            print("captum not installed: pip install captum to compare with TracInCPFast")
+        else:
+            cap_ckpt = cap * args.n_ckpt
+            print(f"Captum TracInCPFast ({n_sub} test x {args.n_train} train, proponents + opponents): {cap_ckpt:.3e} pair-ckpts/s; "
+                  f"inflow is {ours / cap_ckpt:.1f}x faster")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
