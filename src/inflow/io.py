@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -92,3 +92,63 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+@contextlib.contextmanager
+def npy_row_writer(path: str | os.PathLike, shape: tuple[int, int]) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write a 2-D float32 ``.npy`` file row chunk by row chunk, with sequential writes.
+
+    Yields ``write(rows)`` taking ``(n, shape[1])`` float32 arrays in order. The file appears
+    at ``path`` only if exactly ``shape[0]`` rows were written and no error occurred.
+    """
+    written = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+
+        def write(rows: np.ndarray) -> None:
+            nonlocal written
+            assert rows.dtype == np.float32 and rows.ndim == 2 and rows.shape[1] == shape[1]
+            np.ascontiguousarray(rows).tofile(fh)  # one write() syscall, no Python buffering
+            written += len(rows)
+
+        yield write
+        if written != shape[0]:
+            raise RuntimeError(f"{path}: wrote {written} of {shape[0]} rows")
+
+
+class NpyRowReader:
+    """Read row ranges of a 2-D float32 ``.npy`` file with ``pread`` (memory stays at the chunk size)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if len(shape) != 2 or fortran or dtype != np.float32:
+            raise InflowError(f"{self.path}: expected a 2-D float32 C-order array, found {dtype}{shape}; rerun the rule that makes it")
+        self.shape: tuple[int, int] = shape
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as ``(stop - start, n_cols)`` float32 (into ``out`` if given)."""
+        n_cols = self.shape[1]
+        out = np.empty((stop - start, n_cols), np.float32) if out is None else out[: stop - start]
+        view = memoryview(out).cast("B")
+        pos, done = self.offset + start * n_cols * 4, 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], pos + done)
+            if got == 0:
+                raise InflowError(f"{self.path}: file is truncated; rerun the rule that makes it")
+            done += got
+        return out
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> "NpyRowReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
-from inflow.factors import as_tensor, read_factors
+from inflow.factors import read_factors
 from inflow.influence import parse_tile, rows_per_chunk, tile_bounds
-from inflow.io import atomic_path, write_table
+from inflow.io import NpyRowReader, atomic_path, write_table
 from inflow.models import resolve_device
 
 log = logging.getLogger(__name__)
@@ -27,22 +27,22 @@ log = logging.getLogger(__name__)
 KINDS = ("proponent", "opponent")
 
 
-def open_shards(shard_paths: list[str]) -> list[np.ndarray]:
-    """Memory-map the per-checkpoint shards of one tile; all must have the same shape."""
+def open_shards(shard_paths: list[str]) -> list[NpyRowReader]:
+    """Open the per-checkpoint shards of one tile for chunked reading; all must have the same shape."""
     if not shard_paths:
         raise InflowError("no influence shards to sum; check train.checkpoint_epochs")
-    shards = [np.load(p, mmap_mode="r") for p in shard_paths]
+    shards = [NpyRowReader(p) for p in shard_paths]
     for path, shard in zip(shard_paths, shards):
-        if shard.shape != shards[0].shape or shard.dtype != np.float32:
-            raise InflowError(f"{path}: shard is {shard.dtype}{shard.shape}, expected float32{shards[0].shape}; rerun the influence shards")
+        if shard.shape != shards[0].shape:
+            raise InflowError(f"{path}: shard shape {shard.shape} differs from {shards[0].shape}; rerun the influence shards")
     return shards
 
 
-def sum_rows(shards: list[np.ndarray], start: int, stop: int) -> Tensor:
+def sum_rows(shards: list[NpyRowReader], start: int, stop: int, buffer: np.ndarray) -> Tensor:
     """Rows ``start:stop`` of the sum of ``shards`` in list (checkpoint) order, ``(stop-start, n_train_tile)`` float32."""
-    total = torch.from_numpy(np.array(shards[0][start:stop]))
+    total = torch.from_numpy(shards[0].read(start, stop))
     for shard in shards[1:]:
-        total += as_tensor(shard[start:stop])
+        total += torch.from_numpy(shard.read(start, stop, out=buffer))
     return total
 
 
@@ -85,14 +85,15 @@ def tile_topk(
     r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
     shards = open_shards(shard_paths)
     n_rows, n_cols = shards[0].shape
+    chunk = rows_per_chunk(n_cols, memory_mb, buffers=3)
+    buffer = np.empty((min(chunk, n_rows), n_cols), np.float32)
     if n_cols != r1 - r0:
         raise InflowError(f"{shard_paths[0]}: shard has {n_cols} train columns but tile {tile} of {train_factors} has {r1 - r0}; rerun the influence shards")
     ids = torch.from_numpy(train_ids[r0:r1])
     device = resolve_device(device_name)
     parts: dict[str, list[np.ndarray]] = {}
-    chunk = rows_per_chunk(n_cols, memory_mb, buffers=3)
     for start in range(0, n_rows, chunk):
-        total = sum_rows(shards, start, min(start + chunk, n_rows)).to(device)
+        total = sum_rows(shards, start, min(start + chunk, n_rows), buffer).to(device)
         finite = torch.isfinite(total).all(1)
         if not finite.all():
             rows = (start + torch.nonzero(~finite).flatten()[:10]).tolist()
@@ -100,9 +101,12 @@ def tile_topk(
         for kind, (vals, cols) in row_topk(total, k).items():
             parts.setdefault(f"{kind}_values", []).append(vals.cpu().numpy())
             parts.setdefault(f"{kind}_ids", []).append(ids[cols.cpu()].numpy())
-        parts.setdefault("positive_sum", []).append(total.clamp(min=0).sum(1, dtype=torch.float64).cpu().numpy())
-        parts.setdefault("negative_sum", []).append(total.clamp(max=0).sum(1, dtype=torch.float64).cpu().numpy())
+        positive = total.clamp(min=0).sum(1, dtype=torch.float64)
+        parts.setdefault("positive_sum", []).append(positive.cpu().numpy())
+        parts.setdefault("negative_sum", []).append((total.sum(1, dtype=torch.float64) - positive).cpu().numpy())
         parts.setdefault("n_positive", []).append((total > 0).sum(1).cpu().numpy())
+    for shard in shards:
+        shard.close()
     arrays = {name: np.concatenate(p) for name, p in parts.items()}
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as fh:
