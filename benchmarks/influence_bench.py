@@ -65,26 +65,28 @@ def worker(args: argparse.Namespace) -> None:
             read_factors(str(wd / f"epoch_{c}" / f"{split}.parquet"))
     times["factor_loading"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    times["products_only"] = 0.0
-    for c in ckpts:
-        for q in range(q_tiles):
-            for r in range(r_tiles):
-                times["products_only"] += influence_shard(str(wd / f"epoch_{c}/test.parquet"), str(wd / f"epoch_{c}/train.parquet"), f"{q}-{r}", q_tiles, r_tiles,
-                                str(wd / f"shards/epoch_{c}/tile_{q}-{r}.npy"), args.memory_mb)["compute_s"]
-    times["influence_shards"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+    # Tile by tile, as the DAG consumes temp() shards: every checkpoint's shard of a tile, then its
+    # top-k, then the shards are deleted. Disk use stays at one tile's shards.
+    times.update(influence_shards=0.0, products_only=0.0, topk_accumulation=0.0)
     tiles = {}
     for q in range(q_tiles):
         for r in range(r_tiles):
-            tiles[(q, r)] = str(wd / f"tiles/tile_{q}-{r}.npz")
-            shards = [str(wd / f"shards/epoch_{c}/tile_{q}-{r}.npy") for c in ckpts]
-            tile_topk(shards, str(wd / f"epoch_{args.n_ckpt - 1}/train.parquet"), f"{q}-{r}", r_tiles, args.top_k, tiles[(q, r)], args.memory_mb)
-            for s in shards:  # the workflow deletes temp() shards as soon as their tile is done
+            tile = f"{q}-{r}"
+            t = time.perf_counter()
+            shards = [str(wd / f"shards/epoch_{c}/tile_{tile}.npy") for c in ckpts]
+            for c, shard in zip(ckpts, shards):
+                times["products_only"] += influence_shard(str(wd / f"epoch_{c}/test.parquet"), str(wd / f"epoch_{c}/train.parquet"), tile,
+                                                          q_tiles, r_tiles, shard, args.memory_mb)["compute_s"]
+            t2 = time.perf_counter()
+            times["influence_shards"] += t2 - t
+            tiles[(q, r)] = str(wd / f"tiles/tile_{tile}.npz")
+            tile_topk(shards, str(wd / f"epoch_{args.n_ckpt - 1}/train.parquet"), tile, r_tiles, args.top_k, tiles[(q, r)], args.memory_mb)
+            for s in shards:
                 os.remove(s)
+            times["topk_accumulation"] += time.perf_counter() - t2
+    t = time.perf_counter()
     accumulate_topk(tiles, str(wd / f"epoch_{args.n_ckpt - 1}/test.parquet"), q_tiles, r_tiles, args.top_k, str(wd / "topk.parquet"), str(wd / "summary.parquet"))
-    times["topk_accumulation"] = time.perf_counter() - t
+    times["topk_accumulation"] += time.perf_counter() - t
 
     t = time.perf_counter()
     self_influence([str(wd / f"epoch_{c}/train.parquet") for c in ckpts], str(wd / "self_influence.parquet"))

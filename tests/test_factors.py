@@ -57,3 +57,20 @@ def test_factor_parquet_round_trip_is_exact_and_zero_copy(tmp_path) -> None:
     np.testing.assert_array_equal(e2, e)
     assert meta == {"epoch": 2, "tracin_lr": 0.1}
     assert not a2.flags.writeable  # a view of the Arrow buffer, not a copy
+
+
+@pytest.mark.parametrize("rows", [(0, 23), (3, 20), (5, 10), (22, 23), (7, 7)])
+def test_partial_factor_reads_match_full_reads(tmp_path, monkeypatch, rows) -> None:
+    import inflow.factors as factors
+
+    monkeypatch.setattr(factors, "ROW_GROUP_SIZE", 5)  # several row groups
+    rng = np.random.default_rng(2)
+    a, e = rng.normal(size=(23, 4)).astype(np.float32), rng.normal(size=(23, 2)).astype(np.float32)
+    path = str(tmp_path / "f.parquet")
+    write_factors(path, np.arange(23), a, e, {"epoch": 1})
+    ids, a2, e2, _ = read_factors(path, rows=rows)
+    np.testing.assert_array_equal(ids, np.arange(23)[rows[0] : rows[1]])
+    np.testing.assert_array_equal(a2, a[rows[0] : rows[1]])
+    np.testing.assert_array_equal(e2, e[rows[0] : rows[1]])
+    assert factors.count_factor_rows(path) == 23
+    np.testing.assert_array_equal(factors.read_factor_ids(path), np.arange(23))

@@ -84,7 +84,10 @@ def write_factors(path: str, sample_ids: np.ndarray, a: np.ndarray, e: np.ndarra
     )
     table = table.replace_schema_metadata({b"inflow": json.dumps(metadata).encode()})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+
+
+ROW_GROUP_SIZE = 8192  # rows per Parquet row group: the granularity of partial reads
 
 
 def _fixed_list_to_numpy(column: pa.ChunkedArray, path: str, name: str) -> np.ndarray:
@@ -92,24 +95,50 @@ def _fixed_list_to_numpy(column: pa.ChunkedArray, path: str, name: str) -> np.nd
     if not pa.types.is_fixed_size_list(arr.type) or not pa.types.is_float32(arr.type.value_type):
         raise InflowError(f"{path}: column {name!r} is {arr.type}, expected fixed_size_list<float32>; regenerate the factors")
     width = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=True).reshape(len(arr), width)
+    return arr.flatten().to_numpy(zero_copy_only=True).reshape(len(arr), width)  # flatten() honours slice offsets
 
 
-def read_factors(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read a factor file: ``(sample_ids (n,), a (n, d_a), e (n, d_out), metadata)``.
-
-    ``a`` and ``e`` are read-only views of the Arrow buffers (no copy).
-    """
+def _open_factor_file(path: str) -> pq.ParquetFile:
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
     except FileNotFoundError:
         raise InflowError(f"{path}: factor file not found; rerun the factors rule") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise InflowError(f"{path}: not a readable factor Parquet file ({exc}); delete it and rerun") from None
-    missing = {"sample_id", "a", "e"} - set(table.column_names)
+    missing = {"sample_id", "a", "e"} - set(pf.schema_arrow.names)
     if missing:
         raise InflowError(f"{path}: factor file lacks column(s) {', '.join(sorted(missing))}; regenerate it")
-    meta = json.loads((table.schema.metadata or {}).get(b"inflow", b"{}"))
+    return pf
+
+
+def count_factor_rows(path: str) -> int:
+    """Number of samples in a factor file, from its footer alone."""
+    return _open_factor_file(path).metadata.num_rows
+
+
+def read_factor_ids(path: str) -> np.ndarray:
+    """The ``sample_id`` column of a factor file, ``(n,)`` int64, without reading the factors."""
+    return _open_factor_file(path).read(columns=["sample_id"]).column("sample_id").to_numpy()
+
+
+def read_factors(path: str, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read a factor file: ``(sample_ids (n,), a (n, d_a), e (n, d_out), metadata)``.
+
+    ``rows=(start, stop)`` reads only the row groups that hold those rows, so a tile's job reads
+    and holds its tile, not the whole split. ``a`` and ``e`` are read-only views of the Arrow
+    buffers (no copy) when the rows lie in one contiguous read.
+    """
+    pf = _open_factor_file(path)
+    meta = json.loads((pf.schema_arrow.metadata or {}).get(b"inflow", b"{}"))
+    if rows is None:
+        table, first = pf.read(), 0
+    else:
+        start, stop = rows
+        bounds = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = [g for g in range(pf.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
+        first = int(bounds[groups[0]]) if groups else 0
+        table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
+        table = table.slice(start - first, stop - start)
     ids = table.column("sample_id").to_numpy()
     return ids, _fixed_list_to_numpy(table.column("a"), path, "a"), _fixed_list_to_numpy(table.column("e"), path, "e"), meta
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
-from inflow.factors import as_tensor, read_factors
+from inflow.factors import as_tensor, count_factor_rows, read_factors
 from inflow.io import npy_row_writer
 from inflow.models import resolve_device
 
@@ -79,26 +79,27 @@ def influence_shard(
     whatever the tile size. On a GPU the chunks are computed there and copied back.
     """
     q, r = parse_tile(tile)
-    _, a_q, e_q, meta_q = read_factors(test_factors)
-    _, a_r, e_r, meta_r = read_factors(train_factors)
+    n_q, n_r = count_factor_rows(test_factors), count_factor_rows(train_factors)
+    q0, q1 = tile_bounds(n_q, n_test_tiles, q)
+    r0, r1 = tile_bounds(n_r, n_train_tiles, r)
+    _, a_q, e_q, meta_q = read_factors(test_factors, rows=(q0, q1))
+    _, a_r, e_r, meta_r = read_factors(train_factors, rows=(r0, r1))
     if meta_q.get("epoch") != meta_r.get("epoch") or a_q.shape[1] != a_r.shape[1] or e_q.shape[1] != e_r.shape[1]:
         raise InflowError(
             f"{test_factors} and {train_factors}: factors do not match (epoch {meta_q.get('epoch')} vs {meta_r.get('epoch')}, "
             f"a {a_q.shape[1]} vs {a_r.shape[1]}, e {e_q.shape[1]} vs {e_r.shape[1]}); rerun the factors rule for both"
         )
-    q0, q1 = tile_bounds(len(a_q), n_test_tiles, q)
-    r0, r1 = tile_bounds(len(a_r), n_train_tiles, r)
     lr = float(meta_r["tracin_lr"])
     device = resolve_device(device_name)
-    a_train, e_train = as_tensor(a_r[r0:r1]).to(device), as_tensor(e_r[r0:r1]).to(device)
+    a_train, e_train = as_tensor(a_r).to(device), as_tensor(e_r).to(device)
     chunk = rows_per_chunk(r1 - r0, memory_mb)
     log.info("epoch %s tile %s: test rows %d:%d x train rows %d:%d, lr %g, %d rows per chunk on %s", meta_r.get("epoch"), tile, q0, q1, r0, r1, lr, chunk, device)
     out = torch.empty(min(chunk, q1 - q0), r1 - r0, device=device)  # reused: no page faults per chunk
     work = torch.empty_like(out)
     times = {"compute_s": 0.0, "write_s": 0.0}
     with npy_row_writer(out_path, (q1 - q0, r1 - r0)) as write:
-        for c0 in range(q0, q1, chunk):
-            n = min(chunk, q1 - c0)
+        for c0 in range(0, q1 - q0, chunk):
+            n = min(chunk, q1 - q0 - c0)
             t0 = time.perf_counter()
             a_chunk, e_chunk = as_tensor(a_q[c0 : c0 + n]).to(device), as_tensor(e_q[c0 : c0 + n]).to(device)
             block = ghost_block(a_chunk, e_chunk, a_train, e_train, lr, out=out[:n], work=work[:n]).cpu().numpy()

@@ -18,10 +18,16 @@ from inflow.io import write_table
 log = logging.getLogger(__name__)
 
 
-def self_influence_terms(a: np.ndarray, e: np.ndarray, lr: float) -> np.ndarray:
-    """``lr * |a|^2 * |e|^2`` per row, ``(n,)`` float64, from ``a (n, d_a)`` and ``e (n, d_out)``."""
-    a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    return lr * np.einsum("ij,ij->i", a64, a64) * np.einsum("ij,ij->i", e64, e64)
+def self_influence_terms(a: np.ndarray, e: np.ndarray, lr: float, chunk: int = 65536) -> np.ndarray:
+    """``lr * |a|^2 * |e|^2`` per row, ``(n,)`` float64, from ``a (n, d_a)`` and ``e (n, d_out)``.
+
+    Squared norms are accumulated in float64, ``chunk`` rows at a time (bounded temporaries).
+    """
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), chunk):
+        a64, e64 = a[s : s + chunk].astype(np.float64), e[s : s + chunk].astype(np.float64)
+        out[s : s + chunk] = lr * np.einsum("ij,ij->i", a64, a64) * np.einsum("ij,ij->i", e64, e64)
+    return out
 
 
 def self_influence(train_factor_paths: list[str], out_path: str) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
-from inflow.factors import read_factors
+from inflow.factors import read_factor_ids
 from inflow.influence import parse_tile, rows_per_chunk, tile_bounds
 from inflow.io import NpyRowReader, atomic_path, write_table
 from inflow.models import resolve_device
@@ -81,7 +81,7 @@ def tile_topk(
     ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``.
     """
     _, r = parse_tile(tile)
-    train_ids, _, _, _ = read_factors(train_factors)
+    train_ids = read_factor_ids(train_factors)
     r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
     shards = open_shards(shard_paths)
     n_rows, n_cols = shards[0].shape
@@ -119,7 +119,7 @@ def accumulate_topk(tile_files: dict[tuple[int, int], str], test_factors: str, n
     Writes ``topk_out`` (test_id, kind, rank, train_id, influence) and ``summary_out`` (test_id,
     positive_sum, negative_sum, net_influence, n_positive).
     """
-    test_ids, _, _, _ = read_factors(test_factors)
+    test_ids = read_factor_ids(test_factors)
     topk_parts, summary_parts = [], []
     for q in range(n_test_tiles):
         q0, q1 = tile_bounds(len(test_ids), n_test_tiles, q)
