@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= all
 
-.PHONY: run test lint dag clean
+.PHONY: run test lint dag bench clean
 
 $(BIN)/snakemake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ run: $(BIN)/snakemake
 
 test: $(BIN)/snakemake
 	$(BIN)/python -m pytest -q
+
+# Influence-stage benchmark at the seeds' scale, with the naive and Captum comparisons (prints figures).
+bench: $(BIN)/snakemake
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/influence_bench.py --compare
 
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint

@@ -52,47 +52,51 @@ def make_factors(workdir: Path, n_train: int, n_test: int, n_ckpt: int, d_a: int
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Time the workflow's influence code (run in a child process); print one JSON line."""
+    """Time one stage of the workflow's influence code in this (child) process; print one JSON line.
+
+    Each stage runs in its own process, as each rule runs as its own job, so the peak RSS
+    printed is that stage's alone.
+    """
     torch.set_num_threads(args.threads)
     wd = Path(args.workdir)
     ckpts = range(args.n_ckpt)
     q_tiles, r_tiles = args.test_tiles, args.train_tiles
-    times = {}
-
+    last = args.n_ckpt - 1
+    times: dict[str, float] = {}
     t = time.perf_counter()
-    for c in ckpts:
-        for split in ("train", "test"):
-            read_factors(str(wd / f"epoch_{c}" / f"{split}.parquet"))
-    times["factor_loading"] = time.perf_counter() - t
-
-    # Tile by tile, as the DAG consumes temp() shards: every checkpoint's shard of a tile, then its
-    # top-k, then the shards are deleted. Disk use stays at one tile's shards.
-    times.update(influence_shards=0.0, products_only=0.0, topk_accumulation=0.0)
-    tiles = {}
-    for q in range(q_tiles):
-        for r in range(r_tiles):
-            tile = f"{q}-{r}"
-            t = time.perf_counter()
-            shards = [str(wd / f"shards/epoch_{c}/tile_{tile}.npy") for c in ckpts]
-            for c, shard in zip(ckpts, shards):
-                times["products_only"] += influence_shard(str(wd / f"epoch_{c}/test.parquet"), str(wd / f"epoch_{c}/train.parquet"), tile,
-                                                          q_tiles, r_tiles, shard, args.memory_mb)["compute_s"]
-            t2 = time.perf_counter()
-            times["influence_shards"] += t2 - t
-            tiles[(q, r)] = str(wd / f"tiles/tile_{tile}.npz")
-            tile_topk(shards, str(wd / f"epoch_{args.n_ckpt - 1}/train.parquet"), tile, r_tiles, args.top_k, tiles[(q, r)], args.memory_mb)
-            for s in shards:
-                os.remove(s)
-            times["topk_accumulation"] += time.perf_counter() - t2
-    t = time.perf_counter()
-    accumulate_topk(tiles, str(wd / f"epoch_{args.n_ckpt - 1}/test.parquet"), q_tiles, r_tiles, args.top_k, str(wd / "topk.parquet"), str(wd / "summary.parquet"))
-    times["topk_accumulation"] += time.perf_counter() - t
-
-    t = time.perf_counter()
-    self_influence([str(wd / f"epoch_{c}/train.parquet") for c in ckpts], str(wd / "self_influence.parquet"))
-    times["self_influence"] = time.perf_counter() - t
-
+    if args.stage == "factor_loading":  # every factor file read whole (what a reader of all factors pays)
+        for c in ckpts:
+            for split in ("train", "test"):
+                read_factors(str(wd / f"epoch_{c}" / f"{split}.parquet"))
+    elif args.stage == "influence":
+        # Tile by tile, as the DAG consumes temp() shards: every checkpoint's shard of a tile, then
+        # its top-k, then the shards are deleted. Disk use stays at one tile's shards.
+        times.update(influence_shards=0.0, products_only=0.0, topk_accumulation=0.0)
+        for q in range(q_tiles):
+            for r in range(r_tiles):
+                tile = f"{q}-{r}"
+                t0 = time.perf_counter()
+                shards = [str(wd / f"shards/epoch_{c}/tile_{tile}.npy") for c in ckpts]
+                for c, shard in zip(ckpts, shards):
+                    times["products_only"] += influence_shard(str(wd / f"epoch_{c}/test.parquet"), str(wd / f"epoch_{c}/train.parquet"), tile,
+                                                              q_tiles, r_tiles, shard, args.memory_mb)["compute_s"]
+                t1 = time.perf_counter()
+                times["influence_shards"] += t1 - t0
+                tile_topk(shards, str(wd / f"epoch_{last}/train.parquet"), tile, r_tiles, args.top_k, str(wd / f"tiles/tile_{tile}.npz"), args.memory_mb)
+                for s in shards:
+                    os.remove(s)
+                times["topk_accumulation"] += time.perf_counter() - t1
+    elif args.stage == "accumulate":
+        tiles = {(q, r): str(wd / f"tiles/tile_{q}-{r}.npz") for q in range(q_tiles) for r in range(r_tiles)}
+        accumulate_topk(tiles, str(wd / f"epoch_{last}/test.parquet"), q_tiles, r_tiles, args.top_k, str(wd / "topk.parquet"), str(wd / "summary.parquet"))
+    elif args.stage == "self_influence":
+        self_influence([str(wd / f"epoch_{c}/train.parquet") for c in ckpts], str(wd / "self_influence.parquet"))
+    if not times:
+        times[args.stage] = time.perf_counter() - t
     print(json.dumps({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+STAGES = ("factor_loading", "influence", "accumulate", "self_influence")
 
 
 def matmul_roofline(m: int, n: int, k: int, threads: int, repeats: int = 3) -> float:
@@ -182,6 +186,7 @@ def main() -> None:
     p.add_argument("--compare-test", type=int, default=1000, help="test samples used for the naive/Captum comparison")
     p.add_argument("--workdir", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--stage", choices=STAGES, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
@@ -195,10 +200,14 @@ def main() -> None:
     paths = make_factors(wd, args.n_train, args.n_test, args.n_ckpt, d_a, args.d_out)
     print(f"generated factors in {time.perf_counter() - t:.1f}s (not counted)")
 
-    cmd = [sys.executable, __file__, "--worker", "--workdir", str(wd)] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare")]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    res = json.loads(out.strip().splitlines()[-1])
-    times = res["times"]
+    base = [sys.executable, __file__, "--worker", "--workdir", str(wd)] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare", "stage")]
+    times, rss = {}, {}
+    for stage in STAGES:
+        out = subprocess.run(base + ["--stage", stage], capture_output=True, text=True, check=True).stdout
+        res = json.loads(out.strip().splitlines()[-1])
+        times.update(res["times"])
+        rss[stage] = res["peak_rss_mb"]
+    times["topk_accumulation"] += times.pop("accumulate")
     products_only = times.pop("products_only")
     total = sum(times.values())
     pairs = args.n_train * args.n_test * args.n_ckpt
@@ -215,7 +224,8 @@ def main() -> None:
     print(f"matmul roofline (plain float32 {n_q}x{d_a} @ {d_a}x{n_r}, same run): {roof:.1f} GFLOP/s")
     print(f"influence products alone: {flops / 1e9:.1f} GFLOP in {products_only:.2f}s = {prod_gflops:.1f} GFLOP/s -> {100 * prod_gflops / roof:.0f}% of roofline")
     print(f"shard stage incl. reading factors and writing dense shards: {shard_gflops:.1f} GFLOP/s -> {100 * shard_gflops / roof:.0f}% of roofline")
-    print(f"peak RSS of the workflow code: {res['peak_rss_mb']:.0f} MB")
+    print("peak RSS per stage (each in its own process, like a rule's job): " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
+    print(f"peak RSS of the bounded-memory stages (influence shards + tile top-k): {rss['influence']:.0f} MB")
 
     if args.compare:
         n_sub = min(args.compare_test, args.n_test)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from inflow.errors import InflowError
-from inflow.factors import read_factors
+from inflow.factors import read_factor_ids, read_factors
 from inflow.io import write_table
 
 log = logging.getLogger(__name__)
@@ -30,18 +30,22 @@ def self_influence_terms(a: np.ndarray, e: np.ndarray, lr: float, chunk: int = 6
     return out
 
 
-def self_influence(train_factor_paths: list[str], out_path: str) -> None:
-    """Sum self-influence over checkpoints; write sample_id, self_influence and one column per epoch."""
-    ids0: np.ndarray | None = None
+def self_influence(train_factor_paths: list[str], out_path: str, rows_per_read: int = 65536) -> None:
+    """Sum self-influence over checkpoints; write sample_id, self_influence and one column per epoch.
+
+    Factor files are read ``rows_per_read`` rows at a time, so memory holds the outputs, not the factors.
+    """
+    ids0 = read_factor_ids(train_factor_paths[0])
     columns: dict[str, np.ndarray] = {}
     for path in train_factor_paths:
-        ids, a, e, meta = read_factors(path)
-        if ids0 is None:
-            ids0 = ids
-        elif not np.array_equal(ids, ids0):
+        if not np.array_equal(read_factor_ids(path), ids0):
             raise InflowError(f"{path}: sample ids differ from {train_factor_paths[0]}; factor files come from different manifests, rerun the factors rule")
-        columns[f"epoch_{meta['epoch']}"] = self_influence_terms(a, e, float(meta["tracin_lr"]))
-    assert ids0 is not None
+        column = np.empty(len(ids0), dtype=np.float64)
+        for start in range(0, len(ids0), rows_per_read):
+            stop = min(start + rows_per_read, len(ids0))
+            _, a, e, meta = read_factors(path, rows=(start, stop))
+            column[start:stop] = self_influence_terms(a, e, float(meta["tracin_lr"]))
+        columns[f"epoch_{meta['epoch']}"] = column
     table = pd.DataFrame({"sample_id": ids0, "self_influence": np.sum(list(columns.values()), axis=0), **columns})
     log.info("self-influence of %d training samples over %d checkpoints", len(table), len(columns))
     write_table(table, out_path)
