@@ -64,6 +64,7 @@ rule accumulate_topk:
         "logs/accumulate_topk.log",
     benchmark:
         "benchmarks/accumulate_topk.tsv"
+    localrule: True
     threads: 1
     resources:
         mem_mb=scaled(4000),
@@ -83,6 +84,7 @@ rule self_influence:
         "logs/self_influence.log",
     benchmark:
         "benchmarks/self_influence.tsv"
+    localrule: True
     threads: 1
     resources:
         mem_mb=scaled(4000),

@@ -13,6 +13,7 @@ rule mislabel:
         "logs/mislabel.log",
     benchmark:
         "benchmarks/mislabel.tsv"
+    localrule: True
     threads: 1
     resources:
         mem_mb=scaled(2000),
