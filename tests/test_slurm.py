@@ -8,13 +8,13 @@ started by tests/slurm/cluster.sh (copied from the project lead's recipe) and st
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,6 +53,7 @@ def slurm_cluster():
 
 
 def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(TINY), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=1500)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
@@ -71,18 +72,18 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_
     print(f"SLURM run wall time: {wall:.0f}s")
     out = slurm.stdout + slurm.stderr
 
-    # every heavy rule really went through sbatch: the plugin writes one log per SLURM job
-    slurm_logs = list((tmp_path / "slurm" / ".snakemake" / "slurm_logs").rglob("*.log"))
-    rules_seen = {p.relative_to(tmp_path / "slurm" / ".snakemake" / "slurm_logs").parts[0].removeprefix("rule_") for p in slurm_logs}
-    assert HEAVY_RULES <= rules_seen, f"rules without a SLURM job log: {HEAVY_RULES - rules_seen}\n{out[-3000:]}"
-    assert "SLURM jobid" in out or "jobid" in out.lower()
-    # localrules stayed local
-    assert not {"accumulate_topk", "mislabel", "self_influence"} & rules_seen
+    # every heavy rule really went through sbatch: a SLURM job id per job, and the job's own log
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: (\S+/slurm_logs/rule_(\w+)/\S+\.log)\)", out)
+    rules_seen = {rule for _, _, rule in submitted}
+    assert HEAVY_RULES <= rules_seen, f"rules not submitted to SLURM: {HEAVY_RULES - rules_seen}\n{out[-3000:]}"
+    assert len({job_id for job_id, _, _ in submitted}) == len(submitted) == 22 - 3  # all jobs but the 3 localrules
+    assert all(Path(log).is_file() for _, log, _ in submitted)
+    assert not {"accumulate_topk", "mislabel", "self_influence"} & rules_seen  # localrules stayed local
 
     # the same results as a local run with the same thread counts
     run_snakemake(tmp_path / "local", "--cores", "2", "--max-threads", "1")
     for rel in ("results/influence/topk.parquet", "results/influence/self_influence.parquet", "results/mislabel/ranking.parquet"):
         a, b = read_table(tmp_path / "slurm" / rel), read_table(tmp_path / "local" / rel)
-        pd.testing.assert_frame_equal(a, b, check_exact=True), rel
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=rel)
     # the checkpoints saw a CUDA_VISIBLE_DEVICES without a GPU and fell back to the CPU
     assert "device cpu" in (tmp_path / "slurm" / "logs" / "train.log").read_text()
