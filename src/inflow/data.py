@@ -37,18 +37,34 @@ class Split:
         return x, torch.from_numpy(self.labels[idx]).to(device)
 
 
+MANIFEST_COLUMNS = ("sample_id", "split", "row", "label")
+
+
 def load_manifest(path: str) -> tuple[pd.DataFrame, list[str]]:
     """The manifest table and its class names."""
     manifest = read_table(path)
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise InflowError(f"{path}: manifest lacks column(s) {', '.join(missing)}; rerun prepare_data")
     names = read_metadata(path).get("class_names")
     if not names:
         raise InflowError(f"{path}: manifest has no class_names metadata; rerun prepare_data")
+    labels = manifest["label"].to_numpy()
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+        raise InflowError(f"{path}: labels outside 0..{len(names) - 1} for the {len(names)} class names; rerun prepare_data")
     return manifest, list(names)
 
 
 def load_split(images_path: str, manifest: pd.DataFrame, split: str) -> Split:
     """Rows of ``manifest`` in ``split``, in manifest order, with their images."""
-    images = np.load(images_path, mmap_mode="r")
+    try:
+        images = np.load(images_path, mmap_mode="r")
+    except FileNotFoundError:
+        raise InflowError(f"{images_path}: file not found; rerun prepare_data") from None
+    except (ValueError, OSError) as exc:
+        raise InflowError(f"{images_path}: not a readable image array ({exc}); delete it and rerun prepare_data") from None
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise InflowError(f"{images_path}: expected (n, size, size, 3) uint8 images, found {images.dtype}{images.shape}; rerun prepare_data")
     rows = manifest[manifest["split"] == split]
     if len(rows) and rows["row"].max() >= len(images):
         raise InflowError(f"{images_path}: has {len(images)} images but the manifest refers to row {rows['row'].max()}; rerun prepare_data")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
-from inflow.factors import as_tensor, count_factor_rows, read_factors
+from inflow.factors import as_tensor, check_factors_match, count_factor_rows, factor_meta, read_factors
 from inflow.io import npy_row_writer
 from inflow.models import resolve_device
 
@@ -79,16 +79,16 @@ def influence_shard(
     whatever the tile size. On a GPU the chunks are computed there and copied back.
     """
     q, r = parse_tile(tile)
+    if not (q < n_test_tiles and r < n_train_tiles):
+        raise InflowError(f"tile {tile}: outside the {n_test_tiles} x {n_train_tiles} tiles of influence.test_tiles x influence.train_tiles; rerun with the current config")
     n_q, n_r = count_factor_rows(test_factors), count_factor_rows(train_factors)
     q0, q1 = tile_bounds(n_q, n_test_tiles, q)
     r0, r1 = tile_bounds(n_r, n_train_tiles, r)
     _, a_q, e_q, meta_q = read_factors(test_factors, rows=(q0, q1))
     _, a_r, e_r, meta_r = read_factors(train_factors, rows=(r0, r1))
-    if meta_q.get("epoch") != meta_r.get("epoch") or a_q.shape[1] != a_r.shape[1] or e_q.shape[1] != e_r.shape[1]:
-        raise InflowError(
-            f"{test_factors} and {train_factors}: factors do not match (epoch {meta_q.get('epoch')} vs {meta_r.get('epoch')}, "
-            f"a {a_q.shape[1]} vs {a_r.shape[1]}, e {e_q.shape[1]} vs {e_r.shape[1]}); rerun the factors rule for both"
-        )
+    factor_meta(test_factors, meta_q, split="test")
+    factor_meta(train_factors, meta_r, split="train")
+    check_factors_match(test_factors, {**meta_q, "d_a": a_q.shape[1], "d_out": e_q.shape[1]}, train_factors, {**meta_r, "d_a": a_r.shape[1], "d_out": e_r.shape[1]})
     lr = float(meta_r["tracin_lr"])
     device = resolve_device(device_name)
     a_train, e_train = as_tensor(a_r).to(device), as_tensor(e_r).to(device)

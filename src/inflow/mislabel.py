@@ -88,10 +88,53 @@ def build_signals(manifest: pd.DataFrame, self_inf: pd.DataFrame, topk: pd.DataF
     return df
 
 
+def _ids_problem(ids: pd.Series, expected: np.ndarray, what: str, exact: bool) -> str | None:
+    """Why ``ids`` do not match the manifest's ``expected`` ids, or None if they do."""
+    if exact and ids.duplicated().any():
+        return f"lists sample_id(s) {ids[ids.duplicated()].unique()[:5].tolist()} more than once"
+    unknown = np.setdiff1d(ids.unique(), expected)
+    if len(unknown):
+        return f"has {what} sample_id(s) {unknown[:5].tolist()} that are not {what} samples of the manifest"
+    if exact:
+        missing = np.setdiff1d(expected, ids.to_numpy())
+        if len(missing):
+            return f"lacks {len(missing)} {what} sample(s) of the manifest, e.g. sample_id(s) {missing[:5].tolist()}"
+    return None
+
+
+def check_inputs_match(manifest: pd.DataFrame, self_inf: pd.DataFrame, topk: pd.DataFrame, predictions: pd.DataFrame, paths: dict[str, str]) -> None:
+    """Raise if the tables do not describe the manifest's samples (outputs of another run or dataset).
+
+    Self-influence and predictions must cover every training sample exactly once; the top-k
+    table may only name test samples and training samples of the manifest.
+    """
+    need = {"self_influence": ["sample_id", "self_influence"], "topk": ["test_id", "kind", "train_id"],
+            "predictions": ["sample_id", "split", "pred", "pred_name", "confidence", "p_label", "loss"]}
+    for name, table in (("self_influence", self_inf), ("topk", topk), ("predictions", predictions)):
+        missing = [c for c in need[name] if c not in table.columns]
+        if missing:
+            raise InflowError(f"{paths[name]}: lacks column(s) {', '.join(missing)}; delete it and rerun the rule that makes it")
+    train_ids = manifest.loc[manifest.split == "train", "sample_id"].to_numpy()
+    test_ids = manifest.loc[manifest.split == "test", "sample_id"].to_numpy()
+    checks = [
+        ("self_influence", self_inf.sample_id, train_ids, "train", True),
+        ("predictions", predictions.loc[predictions.split == "train", "sample_id"], train_ids, "train", True),
+        ("topk", topk.train_id, train_ids, "train", False),
+        ("topk", topk.test_id, test_ids, "test", False),
+    ]
+    for name, ids, expected, what, exact in checks:
+        problem = _ids_problem(ids, expected, what, exact)
+        if problem:
+            raise InflowError(f"{paths[name]}: {problem} ({paths['manifest']}); it comes from another run or dataset, rerun the workflow from the factors rule")
+
+
 def rank_mislabels(manifest_path: str, self_influence_path: str, topk_path: str, predictions_path: str, cfg: dict[str, Any], ranking_out: str, metrics_out: str) -> None:
     """Write the ranked table of likely mislabeled training samples and, when the truth is known, its metrics."""
     manifest = read_table(manifest_path)
-    df = build_signals(manifest, read_table(self_influence_path), read_table(topk_path), read_table(predictions_path))
+    self_inf, topk, predictions = read_table(self_influence_path), read_table(topk_path), read_table(predictions_path)
+    check_inputs_match(manifest, self_inf, topk, predictions,
+                       {"manifest": manifest_path, "self_influence": self_influence_path, "topk": topk_path, "predictions": predictions_path})
+    df = build_signals(manifest, self_inf, topk, predictions)
     df["score"] = combine(df, cfg["score"])
     df = df.sort_values("score", ascending=False, kind="stable", ignore_index=True)
     df.insert(0, "rank", np.arange(1, len(df) + 1))

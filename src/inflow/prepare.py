@@ -24,6 +24,21 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
+def split_sizes(class_count: int, fractions: dict[str, float]) -> dict[str, int]:
+    """How many of ``class_count`` samples of one class go to each split.
+
+    Each split in ``fractions`` gets ``round(frac * class_count)`` (while samples last), in
+    order; ``train`` takes the rest. :func:`stratified_split` and the start-up config check
+    use this, so the check knows the exact training-set size.
+    """
+    sizes, start = {}, 0
+    for name, frac in fractions.items():
+        sizes[name] = min(int(round(frac * class_count)), class_count - start)
+        start += sizes[name]
+    sizes["train"] = class_count - start
+    return sizes
+
+
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], rng: np.random.Generator) -> np.ndarray:
     """Assign each sample to a split, class by class.
 
@@ -39,11 +54,41 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], rng: np.ra
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         start = 0
-        for name, frac in fractions.items():
-            count = int(round(frac * len(idx)))
+        for name, count in split_sizes(len(idx), fractions).items():
+            if name == "train":
+                continue
             split[idx[start : start + count]] = name
             start += count
     return split
+
+
+def split_fractions(cfg: dict[str, Any]) -> dict[str, float]:
+    """``{"test": f, "val": f}`` of the whole dataset for the config's ``dataset`` section."""
+    if cfg["source"] == "synthetic":
+        n_pool, n_test = cfg["synthetic"]["n_train"], cfg["synthetic"]["n_test"]
+        test_frac = n_test / (n_pool + n_test)
+    else:
+        test_frac = cfg["imagefolder"]["test_fraction"]
+    return {"test": test_frac, "val": cfg["val_fraction"] * (1 - test_frac)}
+
+
+def check_class_splits(counts: np.ndarray, class_names: list[str], fractions: dict[str, float], where: str) -> None:
+    """Raise if a class cannot have both train and test images with these split fractions.
+
+    Args:
+        counts: ``(C,)`` number of images of each class.
+        where: what the counts are, for the message (e.g. ``"readable images"``).
+    """
+    few = [f"{class_names[c]} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
+    if few:
+        raise InflowError(f"dataset.imagefolder.path: class(es) {', '.join(few)} have fewer than 2 {where}; a train/test split needs at least 2 per class, add images")
+    for name in ("test", "train"):
+        missing = [f"{class_names[c]} ({counts[c]})" for c in range(len(counts)) if split_sizes(int(counts[c]), fractions)[name] == 0]
+        if missing:
+            raise InflowError(
+                f"dataset.imagefolder.test_fraction={fractions['test']:g}: class(es) {', '.join(missing)} would get no {name} images "
+                f"(counting {where}); add images to those class folders or {'raise' if name == 'test' else 'lower'} test_fraction"
+            )
 
 
 def flip_labels(labels: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -92,27 +137,26 @@ def prepare_data(cfg: dict[str, Any], seed: int, images_out: str, manifest_out: 
     """Make or read the dataset named by ``cfg`` (the config's ``dataset`` section) and write it."""
     rng = np.random.default_rng(seed)
     size = cfg["image_size"]
+    fractions = split_fractions(cfg)
     if cfg["source"] == "synthetic":
         n_pool, n_test = cfg["synthetic"]["n_train"], cfg["synthetic"]["n_test"]
         images, labels = synthetic.make_dataset(n_pool + n_test, size, seed)
         class_names = list(synthetic.CLASS_NAMES)
         paths = None
-        test_frac = n_test / (n_pool + n_test)
         skipped = pd.DataFrame(columns=["path", "reason"])
         known_true = True
     else:
         folder = cfg["imagefolder"]
         files, class_names = imagefolder.scan_folder(folder["path"], tuple(folder["extensions"]))
         images, files, skipped = imagefolder.load_images(files, size)
+        if len(skipped):
+            log.warning("%d unreadable file(s) skipped; they are listed with the reason in %s", len(skipped), skipped_out)
         labels, paths = files["label"].to_numpy(), files["path"].tolist()
-        test_frac = folder["test_fraction"]
         known_true = False
         counts = np.bincount(labels, minlength=len(class_names))
-        if (counts < 2).any():
-            bad = [class_names[c] for c in np.flatnonzero(counts < 2)]
-            raise InflowError(f"dataset.imagefolder.path: class(es) {', '.join(bad)} have fewer than 2 readable images; a train/test split needs at least 2 each")
-    val_frac = cfg["val_fraction"] * (1 - test_frac)
-    split = stratified_split(labels, {"test": test_frac, "val": val_frac}, rng)
+        where = f"readable images ({len(skipped)} unreadable file(s) skipped, e.g. {skipped.path.iloc[0]})" if len(skipped) else "readable images"
+        check_class_splits(counts, class_names, fractions, where)
+    split = stratified_split(labels, fractions, rng)
     for name in ("train", "test"):
         present = set(labels[split == name])
         missing = [class_names[c] for c in range(len(class_names)) if c not in present]

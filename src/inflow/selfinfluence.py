@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from inflow.errors import InflowError
-from inflow.factors import read_factor_ids, read_factors
+from inflow.factors import check_same_samples, factor_meta, read_factor_meta, read_factors
 from inflow.io import write_table
 
 log = logging.getLogger(__name__)
@@ -35,17 +35,21 @@ def self_influence(train_factor_paths: list[str], out_path: str, rows_per_read: 
 
     Factor files are read ``rows_per_read`` rows at a time, so memory holds the outputs, not the factors.
     """
-    ids0 = read_factor_ids(train_factor_paths[0])
+    if not train_factor_paths:
+        raise InflowError("self-influence: no train factor files; check train.checkpoint_epochs")
+    ids0 = check_same_samples(train_factor_paths)
     columns: dict[str, np.ndarray] = {}
     for path in train_factor_paths:
-        if not np.array_equal(read_factor_ids(path), ids0):
-            raise InflowError(f"{path}: sample ids differ from {train_factor_paths[0]}; factor files come from different manifests, rerun the factors rule")
+        meta = factor_meta(path, read_factor_meta(path), split="train")
         column = np.empty(len(ids0), dtype=np.float64)
         for start in range(0, len(ids0), rows_per_read):
             stop = min(start + rows_per_read, len(ids0))
-            _, a, e, meta = read_factors(path, rows=(start, stop))
+            _, a, e, _ = read_factors(path, rows=(start, stop))
             column[start:stop] = self_influence_terms(a, e, float(meta["tracin_lr"]))
-        columns[f"epoch_{meta['epoch']}"] = column
+        name = f"epoch_{meta['epoch']}"
+        if name in columns:
+            raise InflowError(f"{path}: holds the factors of {name} a second time; each checkpoint's train factors must appear once, rerun the factors rule")
+        columns[name] = column
     table = pd.DataFrame({"sample_id": ids0, "self_influence": np.sum(list(columns.values()), axis=0), **columns})
     log.info("self-influence of %d training samples over %d checkpoints", len(table), len(columns))
     write_table(table, out_path)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
-from inflow.factors import read_factor_ids
+from inflow.factors import check_same_samples, read_factor_ids, read_factor_meta
 from inflow.influence import parse_tile, rows_per_chunk, tile_bounds
 from inflow.io import NpyRowReader, atomic_path, write_table
 from inflow.models import resolve_device
@@ -72,16 +72,28 @@ def merge_topk(values: list[Tensor], ids: list[Tensor], k: int, largest: bool) -
 
 def tile_topk(
     shard_paths: list[str], train_factors: str, tile: str, n_train_tiles: int, k: int, out_path: str,
-    memory_mb: float = 1024, device_name: str = "cpu",
+    memory_mb: float = 1024, device_name: str = "cpu", checkpoint_factors: list[str] | None = None,
 ) -> None:
     """Sum one tile's shards over checkpoints; save its row top-k (train sample ids) and row sums.
 
-    Rows are processed in chunks that fit ``memory_mb``. The ``.npz`` holds
+    Rows are processed in chunks that fit ``memory_mb``. ``checkpoint_factors``, the test and
+    train factor files of every checkpoint, are checked (when given) to list the same samples
+    in the same order, so that the shards' rows and columns line up when summed. The ``.npz`` holds
     ``proponent_values/ids``, ``opponent_values/ids`` ``(n_test_tile, k')`` and
     ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``.
     """
     _, r = parse_tile(tile)
+    by_split: dict[str, list[str]] = {"train": [train_factors]}
+    for path in checkpoint_factors or []:
+        if path != train_factors:
+            by_split.setdefault(str(read_factor_meta(path).get("split")), []).append(path)
+    for paths in by_split.values():
+        check_same_samples(paths)
     train_ids = read_factor_ids(train_factors)
+    if k > len(train_ids):
+        raise InflowError(f"influence.top_k={k} is larger than the training set ({len(train_ids)} samples in {train_factors}); lower influence.top_k")
+    if r >= n_train_tiles:
+        raise InflowError(f"tile {tile}: outside the {n_train_tiles} train tiles of influence.train_tiles; rerun with the current config")
     r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
     shards = open_shards(shard_paths)
     n_rows, n_cols = shards[0].shape
@@ -97,7 +109,8 @@ def tile_topk(
         finite = torch.isfinite(total).all(1)
         if not finite.all():
             rows = (start + torch.nonzero(~finite).flatten()[:10]).tolist()
-            raise InflowError(f"tile {tile}: non-finite influence in test rows {rows}; check the factor files for NaN/Inf")
+            raise InflowError(f"tile {tile}: influence overflows float32 (Inf/NaN) in rows {rows} of the tile's test samples; "
+                              "the factors are finite but huge, check train.lr_head and the checkpoints, rerun train")
         for kind, (vals, cols) in row_topk(total, k).items():
             parts.setdefault(f"{kind}_values", []).append(vals.cpu().numpy())
             parts.setdefault(f"{kind}_ids", []).append(ids[cols.cpu()].numpy())
@@ -113,6 +126,24 @@ def tile_topk(
             np.savez(fh, **arrays)
 
 
+TILE_ARRAYS = ("proponent_values", "proponent_ids", "opponent_values", "opponent_ids", "positive_sum", "negative_sum", "n_positive")
+
+
+def load_tile(path: str) -> dict[str, np.ndarray]:
+    """The arrays of one ``tile_topk`` result, checked to be complete."""
+    try:
+        with np.load(path) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise InflowError(f"{path}: tile result not found; rerun the tile_topk rule") from None
+    except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise several types for a damaged .npz
+        raise InflowError(f"{path}: not a readable tile result ({type(exc).__name__}); delete it and rerun tile_topk") from None
+    missing = [name for name in TILE_ARRAYS if name not in arrays]
+    if missing:
+        raise InflowError(f"{path}: tile result lacks {', '.join(missing)}; delete it and rerun tile_topk")
+    return arrays
+
+
 def accumulate_topk(tile_files: dict[tuple[int, int], str], test_factors: str, n_test_tiles: int, n_train_tiles: int, k: int, topk_out: str, summary_out: str) -> None:
     """Merge every tile's candidates into the exact top-k per test sample and the per-test summary.
 
@@ -123,7 +154,7 @@ def accumulate_topk(tile_files: dict[tuple[int, int], str], test_factors: str, n
     topk_parts, summary_parts = [], []
     for q in range(n_test_tiles):
         q0, q1 = tile_bounds(len(test_ids), n_test_tiles, q)
-        tiles = [np.load(tile_files[(q, r)]) for r in range(n_train_tiles)]
+        tiles = [load_tile(tile_files[(q, r)]) for r in range(n_train_tiles)]
         if any(len(t["positive_sum"]) != q1 - q0 for t in tiles):
             raise InflowError(f"tile results of test tile {q} do not match {test_factors}; rerun the tile_topk rule")
         for kind in KINDS:

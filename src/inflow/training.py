@@ -97,7 +97,9 @@ def train_epoch(
         losses = per_sample_loss(logits, y, class_weights, cfg["label_smoothing"])
         loss = losses.mean()
         if not torch.isfinite(loss):
-            raise InflowError(f"train: loss became {loss.item()} at epoch {epoch}; lower train.lr_head/lr_backbone or check the images")
+            bad = data.sample_ids[idx[~torch.isfinite(losses).cpu().numpy()]]
+            raise InflowError(f"train: loss is NaN/Inf at epoch {epoch} for {len(bad)} sample(s) of the batch, sample_id(s) {bad[:10].tolist()}; "
+                              "lower train.lr_head/train.lr_backbone (training diverged) or check those images")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
