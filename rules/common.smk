@@ -62,7 +62,31 @@ def all_outputs():
         "results/influence/self_influence.parquet",
         "results/mislabel/ranking.parquet",
         "results/mislabel/mislabel_metrics.json",
+        *replay_outputs(),
     ]
+
+
+def replay_groups():
+    """Group indices of the replay targets: ceil(max_targets / group_size), a static DAG."""
+    replay = config["replay"]
+    return list(range(-(-replay["max_targets"] // replay["group_size"])))
+
+
+def replay_group_files(wildcards=None):
+    """Every replay group's metagradient table, group order."""
+    return expand("results/replay/groups/group_{group}.parquet", group=replay_groups())
+
+
+def replay_outputs():
+    """What `snakemake` builds for replay: nothing unless replay.enabled."""
+    if not config["replay"]["enabled"]:
+        return []
+    return ["results/replay/scores.parquet", "results/replay/topk.parquet", "results/replay/summary.json"]
+
+
+def replay_loss_settings():
+    """The training-config keys that define the per-sample loss the replay weights (not epochs, lrs)."""
+    return {key: config["train"][key] for key in ("class_weights", "label_smoothing")}
 
 
 def scaled(base):

@@ -1,0 +1,497 @@
+"""Exact attribution by replaying training (REPLAY, as in MAGIC; Ilyas & Engstrom 2025).
+
+Replayable training gives every training sample ``i`` an explicit weight ``w_i`` (all 1) in the
+batch loss of step ``t``::
+
+    L_t(theta, w) = (1 / |B_t|) * sum_{i in B_t} w_i * l_i(theta)            (fixed denominator)
+
+where ``l_i`` is the per-sample loss (for the workflow: class-weighted cross-entropy with label
+smoothing, :func:`inflow.losses.per_sample_loss`). At ``w = 1`` this is exactly the mean loss
+``training.py`` minimises; ``w_i = 0`` drops the sample's term and keeps the batch-size
+denominator. The optimiser is SGD with heavy-ball or Nesterov momentum and L2 weight decay, with
+PyTorch's ``torch.optim.SGD`` semantics (dampening 0) and a given learning rate per step::
+
+    g_t     = grad_theta L_t(theta_t, w) + wd * theta_t
+    v_{t+1} = mu * v_t + g_t                                   (v_0 = 0)
+    d_t     = v_{t+1}            (or g_t + mu * v_{t+1} with Nesterov)
+    theta_{t+1} = theta_t - lr_t * d_t
+
+BatchNorm layers run in train mode (batch statistics), deterministically, and their running
+statistics are part of the training state and of the derivative::
+
+    r_{t+1} = (1 - m) * r_t + m * s_t(theta_t)     s_t = (batch mean, unbiased batch variance)
+
+(``m`` is the layer's momentum, or ``1 / (steps so far + 1)`` when it is None). The target
+``f(theta_T, r_T)`` (one test sample's loss or margin) is evaluated in eval mode, using the
+running statistics, as the trained model predicts.
+
+The reverse pass (REPLAY) walks the steps backwards carrying the adjoints
+``a_theta = df/dtheta_t``, ``a_r = df/dr_t`` and the momentum adjoint, for many targets at once
+(a leading target axis ``k``)::
+
+    u_t        = adjoint of g_t  = c_{t+1} - lr_t * a_theta_{t+1}      (Nesterov: c_{t+1} - lr_t*(1+mu)*a_theta_{t+1})
+    c_t        = mu * (c_{t+1} - lr_t * [mu if Nesterov else 1] * a_theta_{t+1})
+    a_theta_t  = a_theta_{t+1} + H_t u_t + wd * u_t + J_{s_t}^T (m * a_r_{t+1})
+    a_r_t      = (1 - m) * a_r_{t+1}
+    df/dw_i   += <u_t, d g_t / d w_i> = <u_t, grad l_i(theta_t)> / |B_t|      for i in B_t
+
+``H_t u_t``, ``J^T (m a_r)`` and all per-sample dot products of a step come from one double
+backward: ``grad(<u, g_t> + <m a_r, s_t>, [theta_t, w_B])`` with ``g_t`` built with
+``create_graph=True`` (per-sample gradients are never formed). Targets are batched with
+``is_grads_batched`` (vmap over the targets' adjoints) or looped, sharing the step's forward and
+first backward.
+
+The reverse pass needs ``theta_t`` at every step: :func:`train` keeps the full state every
+``checkpoint_every`` steps and :func:`metagradients` recomputes each segment forward from its
+snapshot (one extra training pass in all), checking that the recomputed trajectory reproduces
+the next snapshot bit for bit.
+
+Supported: any ``nn.Module`` whose forward is deterministic and whose only mutable state is
+BatchNorm running statistics (BatchNorm1d/2d/3d with ``track_running_stats``); parameters are
+all trained with one learning-rate schedule. Not supported: Adam/AdamW, dropout or other random
+layers, per-group learning rates, frozen parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from inflow.errors import InflowError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""``loss_fn(logits (n, C), labels (n,)) -> (n,)`` per-sample loss."""
+
+
+@dataclass(frozen=True)
+class SGD:
+    """SGD as ``torch.optim.SGD(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)``, dampening 0."""
+
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if self.nesterov and self.momentum <= 0:
+            raise InflowError("replay: Nesterov momentum needs momentum > 0")
+
+
+@dataclass
+class Schedule:
+    """The deterministic data order and learning rates of a replayable run.
+
+    Attributes:
+        batches: per step ``t``, the training-set rows of the batch ``(b_t,)`` int64.
+        lrs: ``(T,)`` float64 learning rate of every step.
+        flips: per step, ``(b_t,)`` bool: flip that image along its last axis (horizontal flip);
+            None for no augmentation.
+    """
+
+    batches: list[Tensor]
+    lrs: Tensor
+    flips: list[Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __post_init__(self) -> None:
+        if len(self.lrs) != len(self.batches) or (self.flips is not None and len(self.flips) != len(self.batches)):
+            raise InflowError("replay: schedule has different numbers of batches, learning rates and flips")
+
+
+@dataclass
+class State:
+    """Training state after ``step`` steps: parameters, momentum, BatchNorm running statistics.
+
+    Attributes:
+        theta: ``(P,)`` all parameters, flattened in ``model.named_parameters()`` order.
+        v: ``(P,)`` momentum buffer.
+        bn: ``(S,)`` running statistics: per BatchNorm layer its running_mean then running_var.
+        step: number of optimiser steps taken.
+    """
+
+    theta: Tensor
+    v: Tensor
+    bn: Tensor
+    step: int
+
+    def to_dict(self) -> dict[str, Tensor | int]:
+        return {"theta": self.theta.detach().cpu(), "v": self.v.detach().cpu(), "bn": self.bn.detach().cpu(), "step": self.step}
+
+    @staticmethod
+    def from_dict(d: dict, device: torch.device | None = None) -> "State":
+        return State(d["theta"].to(device), d["v"].to(device), d["bn"].to(device), int(d["step"]))
+
+
+@dataclass
+class Trajectory:
+    """What the reverse pass needs from training: full states every ``checkpoint_every`` steps.
+
+    Attributes:
+        snapshots: step -> :class:`State` for steps ``0, k, 2k, ...`` below ``T``.
+        final: the state after the last step ``T``.
+        checkpoint_every: ``k``.
+        losses: ``(T,)`` mean batch loss of every step (at ``w``).
+        seconds: wall-clock training time.
+    """
+
+    snapshots: dict[int, State]
+    final: State
+    checkpoint_every: int
+    losses: Tensor
+    seconds: float = 0.0
+    drift: dict[str, float] = field(default_factory=dict)
+
+
+class FunctionalModel:
+    """A module evaluated functionally at flat parameters ``theta (P,)`` and running statistics ``bn (S,)``.
+
+    Train-mode forwards return the BatchNorm batch statistics (differentiable in ``theta``) that
+    update the running statistics; eval-mode forwards use ``bn`` differentiably.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        params = list(model.named_parameters())
+        if not params:
+            raise InflowError("replay: the model has no parameters")
+        if any(not p.requires_grad for _, p in params):
+            raise InflowError("replay: every parameter must be trainable (frozen parameters are not supported)")
+        random = [n for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+        if random:
+            raise InflowError(f"replay: random layers cannot be replayed deterministically ({random[0]}); remove dropout")
+        self.names = [n for n, _ in params]
+        self.shapes = [p.shape for _, p in params]
+        self.sizes = [p.numel() for _, p in params]
+        self.dtype, self.device = params[0][1].dtype, params[0][1].device
+        self.bn: list[tuple[str, _BatchNorm]] = []
+        for name, module in model.named_modules():
+            if isinstance(module, _BatchNorm):
+                if not module.track_running_stats:
+                    raise InflowError(f"replay: BatchNorm {name} has track_running_stats=False; its eval output would depend on the batch")
+                self.bn.append((name, module))
+        self.bn_channels = [m.num_features for _, m in self.bn]
+        self.n_params = sum(self.sizes)
+        self.n_stats = 2 * sum(self.bn_channels)
+
+    # -- flat state ------------------------------------------------------------------------
+    def flat_params(self) -> Tensor:  # (P,)
+        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).clone()
+
+    def flat_stats(self) -> Tensor:  # (S,)
+        parts = [t for _, m in self.bn for t in (m.running_mean, m.running_var)]
+        if not parts:
+            return torch.zeros(0, dtype=self.dtype, device=self.device)
+        return torch.cat([t.detach().reshape(-1).to(self.dtype) for t in parts]).clone()
+
+    def initial_state(self) -> State:
+        theta = self.flat_params()
+        return State(theta, torch.zeros_like(theta), self.flat_stats(), 0)
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Named parameter views of ``theta (P,)`` (differentiable)."""
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.sizes), self.shapes)}
+
+    def split_stats(self, bn: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per BatchNorm layer ``(running_mean (C,), running_var (C,))`` views of ``bn (S,)``."""
+        parts = torch.split(bn, [c for c in self.bn_channels for _ in range(2)]) if self.bn else ()
+        return [(parts[2 * j], parts[2 * j + 1]) for j in range(len(self.bn))]
+
+    def stat_factors(self, step: int) -> Tensor:
+        """``m (S,)``: each running statistic's update factor at step ``step`` (0-based)."""
+        factors = [(1.0 / (step + 1) if m.momentum is None else m.momentum) for _, m in self.bn for _ in range(2)]
+        sizes = [c for c in self.bn_channels for _ in range(2)]
+        if not sizes:
+            return torch.zeros(0, dtype=self.dtype, device=self.device)
+        return torch.cat([torch.full((c,), f, dtype=self.dtype, device=self.device) for c, f in zip(sizes, factors)])
+
+    def _scratch_buffers(self) -> dict[str, Tensor]:
+        """Throw-away copies of the BatchNorm buffers: nn.BatchNorm updates them in place in train mode."""
+        out = {}
+        for name, m in self.bn:
+            prefix = f"{name}." if name else ""
+            out[prefix + "running_mean"] = m.running_mean.detach().clone()
+            out[prefix + "running_var"] = m.running_var.detach().clone()
+            if m.num_batches_tracked is not None:
+                out[prefix + "num_batches_tracked"] = m.num_batches_tracked.detach().clone()
+        return out
+
+    # -- forwards --------------------------------------------------------------------------
+    def train_loss(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Train-mode weighted batch loss and BatchNorm batch statistics.
+
+        Args:
+            theta: ``(P,)`` parameters. x: ``(b, ...)`` inputs. y: ``(b,)`` labels.
+            w: ``(b,)`` sample weights.
+
+        Returns:
+            ``L = sum(w * l) / b`` (scalar) and ``s (S,)``: per BatchNorm layer the batch mean
+            and unbiased batch variance of its input (what updates the running statistics).
+        """
+        stats: dict[int, tuple[Tensor, Tensor]] = {}
+
+        def capture(j: int, module: nn.Module, args: tuple) -> None:
+            if j in stats:
+                raise InflowError(f"replay: BatchNorm {self.bn[j][0]} is called twice in one forward; not supported")
+            inp = args[0]
+            dims = [0] + list(range(2, inp.dim()))
+            var, mean = torch.var_mean(inp, dim=dims, correction=1)
+            stats[j] = (mean, var)
+
+        self.model.train()
+        with _hooks([m.register_forward_pre_hook(_bind(capture, j)) for j, (_, m) in enumerate(self.bn)]):
+            logits = functional_call(self.model, {**self.unflatten(theta), **self._scratch_buffers()}, (x,))
+        loss = (w * self.loss_fn(logits, y)).sum() / len(y)
+        if len(stats) != len(self.bn):
+            raise InflowError("replay: a BatchNorm layer was not called in the training forward; not supported")
+        flat = torch.cat([t for j in range(len(self.bn)) for t in stats[j]]) if self.bn else theta.new_zeros(0)
+        return loss, flat
+
+    def eval_logits(self, theta: Tensor, bn: Tensor, x: Tensor) -> Tensor:
+        """Eval-mode logits ``(n, C)`` at ``theta (P,)`` and running statistics ``bn (S,)``, both differentiable."""
+        per_layer = self.split_stats(bn)
+
+        def explicit(j: int, module: _BatchNorm, args: tuple, out: Tensor) -> Tensor:
+            inp = args[0]
+            mean, var = per_layer[j]
+            shape = (1, -1) + (1,) * (inp.dim() - 2)
+            y = (inp - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
+            if module.affine:
+                y = y * module.weight.view(shape) + module.bias.view(shape)
+            return y
+
+        self.model.eval()
+        try:
+            with _hooks([m.register_forward_hook(_bind(explicit, j)) for j, (_, m) in enumerate(self.bn)]):
+                return functional_call(self.model, {**self.unflatten(theta), **self._scratch_buffers()}, (x,))
+        finally:
+            self.model.train()
+
+
+def _bind(fn: Callable, j: int) -> Callable:
+    return lambda *args: fn(j, *args)
+
+
+@contextlib.contextmanager
+def _hooks(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# -- objectives ------------------------------------------------------------------------------
+def margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """``logit_y - max_{c != y} logit_c`` per sample, ``(n,)`` (positive = correct)."""
+    own = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    other = logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+    return own - other
+
+
+def make_objective(kind: str, loss_fn: LossFn) -> LossFn:
+    """The target ``f`` per test sample: ``loss`` (the training loss ``loss_fn``) or ``margin``."""
+    if kind == "loss":
+        return loss_fn
+    if kind == "margin":
+        return margin
+    raise InflowError(f"replay.objective: unknown objective {kind!r}; use loss or margin")
+
+
+def influence_sign(kind: str) -> float:
+    """Influence = sign * df/dw_i so that positive = proponent (up-weighting helps the prediction)."""
+    return -1.0 if kind == "loss" else 1.0
+
+
+# -- forward: training -----------------------------------------------------------------------
+def batch_of(x_all: Tensor, y_all: Tensor, schedule: Schedule, t: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs ``(b, ...)``, labels ``(b,)`` and rows ``(b,)`` of step ``t`` (flips applied)."""
+    idx = schedule.batches[t]
+    x, y = x_all[idx], y_all[idx]
+    if schedule.flips is not None:
+        flip = schedule.flips[t].to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        x = torch.where(flip, x.flip(-1), x)
+    return x, y, idx
+
+
+def sgd_step(fm: FunctionalModel, opt: SGD, state: State, x: Tensor, y: Tensor, w: Tensor, lr: float) -> tuple[State, float]:
+    """One replayable step: returns the next :class:`State` and the batch loss at ``state``."""
+    theta = state.theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss, stats = fm.train_loss(theta, x, y, w)
+        (g,) = torch.autograd.grad(loss, theta)
+    with torch.no_grad():
+        if opt.weight_decay:
+            g = g + opt.weight_decay * state.theta
+        v = opt.momentum * state.v + g if opt.momentum else g
+        d = g + opt.momentum * v if opt.nesterov else v
+        theta_next = state.theta - lr * d
+        m = fm.stat_factors(state.step)
+        bn = (1 - m) * state.bn + m * stats.detach()
+    if not torch.isfinite(loss):
+        raise InflowError(f"replay: loss became {loss.item()} at step {state.step}; lower replay.lr")
+    return State(theta_next, v, bn, state.step + 1), float(loss.detach())
+
+
+def run_steps(
+    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, state: State, stop: int,
+    keep: Callable[[State], None] | None = None,
+) -> tuple[State, list[float]]:
+    """Run steps ``state.step .. stop-1``; ``keep(state)`` sees every state before its step."""
+    losses = []
+    for t in range(state.step, stop):
+        if keep is not None:
+            keep(state)
+        x, y, idx = batch_of(x_all, y_all, schedule, t)
+        state, loss = sgd_step(fm, opt, state, x, y, weights[idx], float(schedule.lrs[t]))
+        losses.append(loss)
+    return state, losses
+
+
+def train(
+    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, schedule: Schedule, weights: Tensor | None = None,
+    checkpoint_every: int = 1, state: State | None = None, progress: Callable[[int, float], None] | None = None,
+) -> Trajectory:
+    """Replayable training from ``state`` (default: the module's current parameters, v = 0).
+
+    Args:
+        x_all: ``(n, ...)`` training inputs, ``y_all``: ``(n,)`` labels.
+        weights: ``(n,)`` sample weights ``w`` (default all ones).
+        checkpoint_every: keep the full state every this many steps (1 = every step).
+        progress: called as ``progress(step, loss)`` after each step.
+    """
+    if checkpoint_every < 1:
+        raise InflowError("replay.checkpoint_every must be at least 1")
+    weights = torch.ones(len(y_all), dtype=fm.dtype, device=fm.device) if weights is None else weights
+    state = fm.initial_state() if state is None else state
+    snapshots: dict[int, State] = {}
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    while state.step < len(schedule):
+        if state.step % checkpoint_every == 0:
+            snapshots[state.step] = state
+        x, y, idx = batch_of(x_all, y_all, schedule, state.step)
+        state, loss = sgd_step(fm, opt, state, x, y, weights[idx], float(schedule.lrs[state.step]))
+        losses.append(loss)
+        if progress is not None:
+            progress(state.step, loss)
+    return Trajectory(snapshots, state, checkpoint_every, torch.tensor(losses, dtype=torch.float64), time.perf_counter() - t0)
+
+
+# -- reverse: the metagradient ---------------------------------------------------------------
+def target_gradients(fm: FunctionalModel, state: State, x: Tensor, y: Tensor, objective: LossFn) -> tuple[Tensor, Tensor, Tensor]:
+    """Targets ``f (k,)`` in eval mode at ``state`` and their gradients ``df/dtheta (k, P)``, ``df/dbn (k, S)``."""
+    theta = state.theta.detach().requires_grad_(True)
+    bn = state.bn.detach().requires_grad_(True)
+    with torch.enable_grad():
+        f = objective(fm.eval_logits(theta, bn, x), y)
+        eye = torch.eye(len(f), dtype=f.dtype, device=f.device)
+        g_theta, g_bn = torch.autograd.grad(f, [theta, bn], grad_outputs=eye, is_grads_batched=True, allow_unused=True, materialize_grads=True)
+    return f.detach(), g_theta, g_bn
+
+
+def reverse_step(
+    fm: FunctionalModel, theta: Tensor, x: Tensor, y: Tensor, w: Tensor, u: Tensor, c: Tensor, batched: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """VJPs of one step's gradient and batch statistics, for ``k`` targets at once.
+
+    Args:
+        theta: ``(P,)`` parameters before the step. x, y, w: the batch ``(b, ...)``, ``(b,)``, ``(b,)``.
+        u: ``(k, P)`` adjoints of the loss gradient ``g``. c: ``(k, S)`` adjoints of the batch statistics.
+        batched: vmap over the ``k`` targets (``is_grads_batched``) instead of a loop.
+
+    Returns:
+        ``(k, P)``: ``H u + J_s^T c`` and ``(k, b)``: ``d<u, g>/dw`` = ``<u, grad l_i> / b``.
+    """
+    theta = theta.detach().requires_grad_(True)
+    w = w.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss, stats = fm.train_loss(theta, x, y, w)
+        (g,) = torch.autograd.grad(loss, theta, create_graph=True)
+        outs, adj = [g], [u]
+        if stats.numel() and stats.requires_grad:
+            outs.append(stats)
+            adj.append(c)
+        if batched:
+            return torch.autograd.grad(outs, [theta, w], grad_outputs=adj, is_grads_batched=True, allow_unused=True, materialize_grads=True)
+        rows = [torch.autograd.grad(outs, [theta, w], grad_outputs=[a[j] for a in adj], retain_graph=True, allow_unused=True, materialize_grads=True) for j in range(len(u))]
+    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+
+
+def recompute_segment(
+    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, start: State, stop: int, expected: State | None,
+) -> tuple[list[Tensor], float]:
+    """Parameters ``theta_t`` for ``t = start.step .. stop-1`` recomputed from ``start``.
+
+    Returns the list and the max absolute difference between the recomputed state at ``stop``
+    and ``expected`` (the stored snapshot; 0.0 when training is deterministic).
+    """
+    thetas: list[Tensor] = []
+    end, _ = run_steps(fm, opt, x_all, y_all, weights, schedule, start, stop, keep=lambda s: thetas.append(s.theta))
+    drift = 0.0
+    if expected is not None:
+        drift = max(float((end.theta - expected.theta).abs().max()), float((end.v - expected.v).abs().max()),
+                    float((end.bn - expected.bn).abs().max()) if end.bn.numel() else 0.0)
+    return thetas, drift
+
+
+def metagradients(
+    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, schedule: Schedule, trajectory: Trajectory,
+    x_target: Tensor, y_target: Tensor, objective: LossFn, weights: Tensor | None = None, batched: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``df_j / dw_i`` for every target ``j`` and training sample ``i``, by replaying training backwards.
+
+    Args:
+        x_all, y_all: the training set ``(n, ...)``, ``(n,)``, as given to :func:`train`.
+        trajectory: from :func:`train` with the same schedule and weights.
+        x_target, y_target: ``(k, ...)``, ``(k,)`` test samples; ``objective(logits, y) -> (k,)``.
+        progress: called with the number of reverse steps done.
+
+    Returns:
+        ``f (k,)`` the targets at the end of training and ``(k, n)`` float64 metagradients
+        ``df_j / dw_i`` (summed over every step where ``i`` is in the batch).
+    """
+    n, T, every = len(y_all), len(schedule), trajectory.checkpoint_every
+    weights = torch.ones(n, dtype=fm.dtype, device=fm.device) if weights is None else weights
+    mu, wd = opt.momentum, opt.weight_decay
+    f, a_theta, a_bn = target_gradients(fm, trajectory.final, x_target, y_target, objective)
+    k = len(f)
+    carry_v = torch.zeros_like(a_theta)  # adjoint reaching v_{t+1} from step t+1 (mu * adjoint of v_{t+2})
+    scores = torch.zeros(k, n, dtype=torch.float64, device=fm.device)
+    drift, done = 0.0, 0
+    for seg in reversed(range(0, T, every)):
+        stop = min(seg + every, T)
+        expected = trajectory.final if stop == T else trajectory.snapshots[stop]
+        thetas, seg_drift = recompute_segment(fm, opt, x_all, y_all, weights, schedule, trajectory.snapshots[seg], stop, expected)
+        drift = max(drift, seg_drift)
+        for t in reversed(range(seg, stop)):
+            lr = float(schedule.lrs[t])
+            adj_v = carry_v - lr * (mu if opt.nesterov else 1.0) * a_theta  # adjoint of v_{t+1}
+            u = adj_v - lr * a_theta if opt.nesterov else adj_v            # adjoint of g_t
+            m = fm.stat_factors(t)
+            x, y, idx = batch_of(x_all, y_all, schedule, t)
+            hvp, gw = reverse_step(fm, thetas[t - seg], x, y, weights[idx], u, m * a_bn, batched)
+            a_theta = a_theta + hvp + wd * u if wd else a_theta + hvp
+            a_bn = (1 - m) * a_bn
+            carry_v = mu * adj_v
+            scores.index_add_(1, idx.to(fm.device), gw.to(torch.float64))
+            done += 1
+            if progress is not None:
+                progress(done)
+    trajectory.drift["max_abs"] = drift
+    if drift > 0:
+        log.warning("replay: recomputed training differs from the stored snapshots by up to %.3g (non-deterministic kernels?)", drift)
+    return f, scores

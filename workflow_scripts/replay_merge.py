@@ -1,0 +1,12 @@
+from inflow.replay_data import merge_replay
+from inflow.smk import run
+
+run(
+    snakemake,
+    merge_replay,
+    group_paths=list(snakemake.input),
+    top_k=snakemake.params.top_k,
+    scores_out=snakemake.output.scores,
+    topk_out=snakemake.output.topk,
+    summary_out=snakemake.output.summary,
+)

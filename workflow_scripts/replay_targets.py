@@ -1,0 +1,15 @@
+from inflow.replay_data import replay_targets
+from inflow.smk import run
+
+run(
+    snakemake,
+    replay_targets,
+    images_path=snakemake.input.images,
+    manifest_path=snakemake.input.manifest,
+    states_path=snakemake.input.states,
+    targets_path=snakemake.input.targets,
+    group=int(snakemake.wildcards.group),
+    objective=snakemake.params.objective,
+    device_name=snakemake.params.device,
+    out_path=snakemake.output[0],
+)
