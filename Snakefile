@@ -20,6 +20,7 @@ include: "rules/factors.smk"
 include: "rules/influence.smk"
 include: "rules/mislabel.smk"
 include: "rules/replay.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -1,5 +1,7 @@
 # Config validation and every helper the rules use. Rule files hold rules only.
 
+import json
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -62,8 +64,46 @@ def all_outputs():
         "results/influence/self_influence.parquet",
         "results/mislabel/ranking.parquet",
         "results/mislabel/mislabel_metrics.json",
+        *REPORT_OUTPUTS,
+        class_dashboards,
+        test_sample_grids,
         *replay_outputs(),
     ]
+
+
+# Report stage (rules/report.smk): the files with a fixed name; per-class dashboards and
+# per-test-sample grids follow from the report_selection checkpoint.
+REPORT_OUTPUTS = [
+    "results/report/influence_report.txt",
+    "results/report/tables/misprediction_cross_analysis.csv",
+    "results/report/tables/misprediction_cross_summary.csv",
+    "results/report/tables/influential_training.csv",
+    "results/report/tables/class_influence_matrix.csv",
+    "results/report/tables/influence_stats.csv",
+    "results/report/tables/health_score.csv",
+    "results/report/figures/dashboard.png",
+    "results/report/figures/training_curves.png",
+    "results/report/figures/class_influence.png",
+    "results/report/grids/mispredictions.png",
+    "results/report/grids/mislabel_candidates.png",
+    "results/report/grids/most_influential.png",
+]
+
+
+def selected_items():
+    """Classes and test samples that get their own picture (the report_selection checkpoint's JSON)."""
+    with checkpoints.report_selection.get().output[0].open() as fh:
+        return json.load(fh)
+
+
+def class_dashboards(wildcards=None):
+    """One dashboard per class."""
+    return expand("results/report/figures/classes/{cls}.png", cls=selected_items()["classes"])
+
+
+def test_sample_grids(wildcards=None):
+    """One proponents/opponents picture per selected test sample (config report.test_samples)."""
+    return expand("results/report/grids/test_samples/test_{test_id}.png", test_id=selected_items()["test_samples"])
 
 
 def replay_groups():

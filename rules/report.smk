@@ -1,0 +1,446 @@
+# Analysis and review stage: tables, dashboards, image grids and the text summary under
+# results/report/, each its own rule (target one file alone). `snakemake --report report.html`
+# assembles every output flagged with report() into one self-contained HTML file.
+
+
+checkpoint report_selection:
+    input:
+        classes="results/data/classes.json",
+        false_predictions="results/predictions/false_predictions.csv",
+        predictions="results/predictions/predictions.parquet",
+    output:
+        "results/report/selection.json",
+    params:
+        report=config["report"],
+    log:
+        "logs/report/report_selection.log",
+    benchmark:
+        "benchmarks/report/report_selection.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/report_selection.py"
+
+
+rule misprediction_cross_analysis:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        table="results/report/tables/misprediction_cross_analysis.parquet",
+        table_csv=report(
+            "results/report/tables/misprediction_cross_analysis.csv",
+            caption="../report/misprediction_cross_analysis.rst",
+            category="2. Mispredictions",
+            labels={"item": "cross-reference"},
+        ),
+        summary="results/report/tables/misprediction_cross_summary.parquet",
+        summary_csv=report(
+            "results/report/tables/misprediction_cross_summary.csv",
+            caption="../report/misprediction_cross_summary.rst",
+            category="2. Mispredictions",
+            labels={"item": "cross-reference summary"},
+        ),
+    log:
+        "logs/report/misprediction_cross_analysis.log",
+    benchmark:
+        "benchmarks/report/misprediction_cross_analysis.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/misprediction_cross_analysis.py"
+
+
+rule influential_training:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        table="results/report/tables/influential_training.parquet",
+        csv=report(
+            "results/report/tables/influential_training.csv",
+            caption="../report/influential_training.rst",
+            category="3. Influence",
+            labels={"item": "most influential training samples (table)"},
+        ),
+    log:
+        "logs/report/influential_training.log",
+    benchmark:
+        "benchmarks/report/influential_training.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/influential_training.py"
+
+
+rule class_influence:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        table="results/report/tables/class_influence_matrix.parquet",
+        csv=report(
+            "results/report/tables/class_influence_matrix.csv",
+            caption="../report/class_influence_matrix.rst",
+            category="3. Influence",
+            labels={"item": "class-to-class influence (table)"},
+        ),
+    log:
+        "logs/report/class_influence.log",
+    benchmark:
+        "benchmarks/report/class_influence.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/class_influence.py"
+
+
+rule influence_stats:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+        summary="results/influence/test_summary.parquet",
+        self_influence="results/influence/self_influence.parquet",
+    output:
+        table="results/report/tables/influence_stats.parquet",
+        csv=report(
+            "results/report/tables/influence_stats.csv",
+            caption="../report/influence_stats.rst",
+            category="3. Influence",
+            labels={"item": "influence statistics (table)"},
+        ),
+    log:
+        "logs/report/influence_stats.log",
+    benchmark:
+        "benchmarks/report/influence_stats.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/influence_stats.py"
+
+
+rule health_score:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        summary="results/influence/test_summary.parquet",
+    output:
+        table="results/report/tables/health_score.parquet",
+        csv=report(
+            "results/report/tables/health_score.csv",
+            caption="../report/health_score.rst",
+            category="1. Overview",
+            labels={"item": "health score (table)"},
+        ),
+    log:
+        "logs/report/health_score.log",
+    benchmark:
+        "benchmarks/report/health_score.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/health_score.py"
+
+
+rule influence_report:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        health="results/report/tables/health_score.parquet",
+        cross_summary="results/report/tables/misprediction_cross_summary.parquet",
+        influential="results/report/tables/influential_training.parquet",
+        stats="results/report/tables/influence_stats.parquet",
+        ranking="results/mislabel/ranking.parquet",
+        mislabel_metrics="results/mislabel/mislabel_metrics.json",
+    output:
+        report(
+            "results/report/influence_report.txt",
+            caption="../report/influence_report.rst",
+            category="1. Overview",
+            labels={"item": "text summary"},
+        ),
+    log:
+        "logs/report/influence_report.log",
+    benchmark:
+        "benchmarks/report/influence_report.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/influence_report.py"
+
+
+rule dashboard:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        summary="results/influence/test_summary.parquet",
+        influential="results/report/tables/influential_training.parquet",
+        health="results/report/tables/health_score.parquet",
+        cross_summary="results/report/tables/misprediction_cross_summary.parquet",
+        matrix="results/report/tables/class_influence_matrix.parquet",
+        mislabel_metrics="results/mislabel/mislabel_metrics.json",
+    output:
+        report(
+            "results/report/figures/dashboard.png",
+            caption="../report/dashboard.rst",
+            category="1. Overview",
+            labels={"item": "overall dashboard"},
+        ),
+    log:
+        "logs/report/dashboard.log",
+    benchmark:
+        "benchmarks/report/dashboard.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/dashboard.py"
+
+
+rule training_curves:
+    input:
+        "results/train/metrics.parquet",
+    output:
+        report(
+            "results/report/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="1. Overview",
+            labels={"item": "training curves"},
+        ),
+    log:
+        "logs/report/training_curves.log",
+    benchmark:
+        "benchmarks/report/training_curves.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/training_curves.py"
+
+
+rule class_dashboard:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        summary="results/influence/test_summary.parquet",
+        topk="results/influence/topk.parquet",
+        health="results/report/tables/health_score.parquet",
+        ranking="results/mislabel/ranking.parquet",
+    output:
+        report(
+            "results/report/figures/classes/{cls}.png",
+            caption="../report/class_dashboard.rst",
+            category="5. Per class",
+            labels={"class": "{cls}"},
+        ),
+    wildcard_constraints:
+        cls=r"[^/]+",
+    log:
+        "logs/report/class_dashboard/{cls}.log",
+    benchmark:
+        "benchmarks/report/class_dashboard/{cls}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/class_dashboard.py"
+
+
+rule class_influence_heatmap:
+    input:
+        manifest="results/data/manifest.parquet",
+        matrix="results/report/tables/class_influence_matrix.parquet",
+    output:
+        report(
+            "results/report/figures/class_influence.png",
+            caption="../report/class_influence_heatmap.rst",
+            category="3. Influence",
+            labels={"item": "class-to-class influence (heatmap)"},
+        ),
+    log:
+        "logs/report/class_influence_heatmap.log",
+    benchmark:
+        "benchmarks/report/class_influence_heatmap.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/class_influence_heatmap.py"
+
+
+rule grid_mispredictions:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+    output:
+        report(
+            "results/report/grids/mispredictions.png",
+            caption="../report/grid_mispredictions.rst",
+            category="2. Mispredictions",
+            labels={"item": "mispredicted test images"},
+        ),
+    params:
+        n=config["report"]["grid_images"],
+        ncols=config["report"]["grid_columns"],
+    log:
+        "logs/report/grid_mispredictions.log",
+    benchmark:
+        "benchmarks/report/grid_mispredictions.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/grid_mispredictions.py"
+
+
+rule grid_test_sample:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        report(
+            "results/report/grids/test_samples/test_{test_id}.png",
+            caption="../report/grid_test_sample.rst",
+            category="2. Mispredictions",
+            labels={"item": "test sample {test_id}: proponents and opponents"},
+        ),
+    params:
+        n=config["report"]["neighbours"],
+    wildcard_constraints:
+        test_id=r"\d+",
+    log:
+        "logs/report/grid_test_sample/test_{test_id}.log",
+    benchmark:
+        "benchmarks/report/grid_test_sample/test_{test_id}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/grid_test_sample.py"
+
+
+rule grid_influential:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        influential="results/report/tables/influential_training.parquet",
+    output:
+        report(
+            "results/report/grids/most_influential.png",
+            caption="../report/grid_influential.rst",
+            category="3. Influence",
+            labels={"item": "most helpful and harmful training images"},
+        ),
+    params:
+        n=config["report"]["neighbours"],
+    log:
+        "logs/report/grid_influential.log",
+    benchmark:
+        "benchmarks/report/grid_influential.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/grid_influential.py"
+
+
+rule grid_mislabel_candidates:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        ranking="results/mislabel/ranking.parquet",
+    output:
+        report(
+            "results/report/grids/mislabel_candidates.png",
+            caption="../report/grid_mislabel_candidates.rst",
+            category="4. Mislabel candidates",
+            labels={"item": "top mislabel candidates"},
+        ),
+    params:
+        n=config["report"]["grid_images"],
+        ncols=config["report"]["grid_columns"],
+    log:
+        "logs/report/grid_mislabel_candidates.log",
+    benchmark:
+        "benchmarks/report/grid_mislabel_candidates.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/grid_mislabel_candidates.py"

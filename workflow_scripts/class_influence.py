@@ -1,0 +1,12 @@
+from inflow.analysis import write_class_matrix
+from inflow.smk import run
+
+run(
+    snakemake,
+    write_class_matrix,
+    manifest_path=snakemake.input.manifest,
+    predictions_path=snakemake.input.predictions,
+    topk_path=snakemake.input.topk,
+    parquet_out=snakemake.output.table,
+    csv_out=snakemake.output.csv,
+)

@@ -1,0 +1,13 @@
+from inflow.grids import write_mispredictions_grid
+from inflow.smk import run
+
+run(
+    snakemake,
+    write_mispredictions_grid,
+    images_path=snakemake.input.images,
+    manifest_path=snakemake.input.manifest,
+    predictions_path=snakemake.input.predictions,
+    n=snakemake.params.n,
+    ncols=snakemake.params.ncols,
+    out=snakemake.output[0],
+)

@@ -1,0 +1,12 @@
+from inflow.analysis import write_selection
+from inflow.smk import run
+
+run(
+    snakemake,
+    write_selection,
+    classes_path=snakemake.input.classes,
+    false_predictions_path=snakemake.input.false_predictions,
+    predictions_path=snakemake.input.predictions,
+    cfg=snakemake.params.report,
+    out=snakemake.output[0],
+)
