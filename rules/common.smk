@@ -5,7 +5,7 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.config import schema_errors, semantic_errors
+from inflow.config import canonical, schema_errors, semantic_errors
 
 
 # One line per problem, naming the key, before any job runs; then fill in the schema defaults.
@@ -15,6 +15,7 @@ if not _errors:
     _errors = semantic_errors(config)
 if _errors:
     raise WorkflowError("invalid config (config.yaml or --config/--configfile):\n  " + "\n  ".join(_errors))
+config.update(canonical(config))  # key order in a config file never reruns anything
 
 
 CKPTS = [str(e) for e in sorted(config["train"]["checkpoint_epochs"])]
@@ -104,6 +105,15 @@ def class_dashboards(wildcards=None):
 def test_sample_grids(wildcards=None):
     """One proponents/opponents picture per selected test sample (config report.test_samples)."""
     return expand("results/report/grids/test_samples/test_{test_id}.png", test_id=selected_items()["test_samples"])
+
+
+def loss_settings():
+    """The parts of the training config that define the per-sample loss (and so the factors).
+
+    Only these are factor params: editing epochs or learning rates reruns training, and the
+    factors then rerun because the checkpoints changed, not because of a params change.
+    """
+    return {key: config["train"][key] for key in ("class_weights", "label_smoothing")}
 
 
 def replay_groups():

@@ -7,9 +7,8 @@ rule factors:
     output:
         ensure("results/factors/epoch_{ckpt}/{split}.parquet", non_empty=True),
     params:
-        train=config["train"],
+        loss=loss_settings(),
         include_bias=config["factors"]["include_bias"],
-        batch_size=config["factors"]["batch_size"],
         device=config["device"],
     log:
         "logs/factors/epoch_{ckpt}_{split}.log",
@@ -19,6 +18,7 @@ rule factors:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+        batch_size=config["factors"]["batch_size"],
     conda:
         "../envs/inflow.yaml"
     script:

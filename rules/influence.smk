@@ -7,7 +7,6 @@ rule influence_shard:
     params:
         test_tiles=N_TEST_TILES,
         train_tiles=N_TRAIN_TILES,
-        memory_mb=config["influence"]["memory_mb"],
         device=config["device"],
     log:
         "logs/influence_shard/epoch_{ckpt}_tile_{tile}.log",
@@ -17,6 +16,7 @@ rule influence_shard:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+        work_mb=config["influence"]["memory_mb"],
     conda:
         "../envs/inflow.yaml"
     script:
@@ -32,7 +32,6 @@ rule tile_topk:
     params:
         train_tiles=N_TRAIN_TILES,
         top_k=config["influence"]["top_k"],
-        memory_mb=config["influence"]["memory_mb"],
         device=config["device"],
     log:
         "logs/tile_topk/tile_{tile}.log",
@@ -42,6 +41,7 @@ rule tile_topk:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+        work_mb=config["influence"]["memory_mb"],
     conda:
         "../envs/inflow.yaml"
     script:

@@ -35,7 +35,6 @@ rule predict:
         predictions=ensure("results/predictions/predictions.parquet", non_empty=True),
         false_predictions="results/predictions/false_predictions.csv",
     params:
-        batch_size=config["factors"]["batch_size"],
         device=config["device"],
     log:
         "logs/predict.log",
@@ -45,6 +44,7 @@ rule predict:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+        batch_size=config["factors"]["batch_size"],
     conda:
         "../envs/inflow.yaml"
     script:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import REPO
 from inflow.factors import read_factors
@@ -18,8 +20,8 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 CKPTS = (2, 3)
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(TINY), "--cores", "2", *args]
+def snakemake(workdir: Path, *args: str, check: bool = True, configfile: Path = TINY) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(configfile), "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -89,3 +91,57 @@ def test_mislabel_metrics_are_reported(workdir: Path) -> None:
 def test_second_run_has_nothing_to_do(workdir: Path) -> None:
     out = snakemake(workdir)
     assert "Nothing to be done" in out.stdout + out.stderr
+
+
+HEAVY = {"prepare_data", "train", "predict", "factors", "influence_shard", "tile_topk", "accumulate_topk", "self_influence"}
+
+
+def planned_jobs(workdir: Path, tmp_path: Path, **changes: dict) -> dict[str, int]:
+    """Rule -> job count of a dry run on a copy of a finished run, with config sections updated."""
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)  # copy2 keeps mtimes, .snakemake keeps the params record
+    config = yaml.safe_load(TINY.read_text())
+    for section, values in changes.items():
+        config.setdefault(section, {}).update(values)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    out = snakemake(copy, "-n", configfile=edited).stdout
+    jobs: dict[str, int] = {}
+    in_stats = False
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_stats = True
+        elif in_stats and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def test_report_option_reruns_only_the_ranking(workdir: Path, tmp_path: Path) -> None:
+    jobs = planned_jobs(workdir, tmp_path, mislabel={"score": ["loss"]})
+    assert "mislabel" in jobs and not HEAVY & set(jobs), jobs
+
+
+def test_performance_knobs_rerun_nothing(workdir: Path, tmp_path: Path) -> None:
+    """Working memory and batch sizes change how, not what: they are resources, not params."""
+    jobs = planned_jobs(workdir, tmp_path, influence={"memory_mb": 64}, factors={"batch_size": 7})
+    assert not HEAVY & set(jobs), jobs
+
+
+def test_top_k_reruns_influence_but_reuses_factors(workdir: Path, tmp_path: Path) -> None:
+    jobs = planned_jobs(workdir, tmp_path, influence={"top_k": 3})
+    # the dense shards are temp(), so new top-k lists recompute them from the kept factor files
+    assert {"influence_shard", "tile_topk", "accumulate_topk", "mislabel"} <= set(jobs), jobs
+    assert not {"prepare_data", "train", "predict", "factors", "self_influence"} & set(jobs), jobs
+
+
+def test_new_checkpoint_epoch_retrains_and_keeps_the_data(workdir: Path, tmp_path: Path) -> None:
+    jobs = planned_jobs(workdir, tmp_path, train={"checkpoint_epochs": [1, 2, 3]})
+    assert jobs.get("train") == 1 and jobs.get("factors") == 6 and jobs.get("influence_shard") == 12, jobs
+    assert "prepare_data" not in jobs, jobs
+
+
+def test_reordered_config_keys_rerun_nothing(workdir: Path, tmp_path: Path) -> None:
+    assert planned_jobs(workdir, tmp_path) == {}  # planned_jobs writes the config back with sorted keys

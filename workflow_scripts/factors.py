@@ -9,9 +9,9 @@ run(
     checkpoint_path=snakemake.input.checkpoint,
     sidecar_path=snakemake.input.sidecar,
     split=snakemake.wildcards.split,
-    train_cfg=snakemake.params.train,
+    train_cfg=snakemake.params.loss,
     include_bias=snakemake.params.include_bias,
-    batch_size=snakemake.params.batch_size,
+    batch_size=snakemake.resources.batch_size,
     device_name=snakemake.params.device,
     out_path=snakemake.output[0],
 )

@@ -10,6 +10,6 @@ run(
     n_test_tiles=snakemake.params.test_tiles,
     n_train_tiles=snakemake.params.train_tiles,
     out_path=snakemake.output[0],
-    memory_mb=snakemake.params.memory_mb,
+    memory_mb=snakemake.resources.work_mb,
     device_name=snakemake.params.device,
 )

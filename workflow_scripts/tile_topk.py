@@ -10,6 +10,6 @@ run(
     n_train_tiles=snakemake.params.train_tiles,
     k=snakemake.params.top_k,
     out_path=snakemake.output[0],
-    memory_mb=snakemake.params.memory_mb,
+    memory_mb=snakemake.resources.work_mb,
     device_name=snakemake.params.device,
 )

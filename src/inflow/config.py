@@ -144,3 +144,16 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
     if weights and not Path(weights).is_file():
         errors.append(f"model.pretrained_weights: {weights} does not exist; give a local .pth file or null")
     return errors
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys sorted, recursively (lists keep their order).
+
+    Snakemake compares a rule's params with the last run's by their text, so without this,
+    reordering keys in config.yaml would look like a params change and rerun everything.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
