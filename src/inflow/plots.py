@@ -28,7 +28,7 @@ from inflow.io import atomic_path, read_json, read_table  # noqa: E402
 log = logging.getLogger(__name__)
 
 DPI = 100
-GOOD, BAD, NEUTRAL, ACCENT = "#2e7d32", "#c62828", "#607d8b", "#1565c0"
+GOOD, BAD, NEUTRAL, ACCENT, FLIPPED = "#2e7d32", "#c62828", "#607d8b", "#1565c0", "#ef6c00"
 BAND_COLORS = {"NEEDS ATTENTION": "#c62828", "FAIR": "#ef6c00", "GOOD": "#9ccc65", "EXCELLENT": "#2e7d32"}
 BAND_EDGES = [("NEEDS ATTENTION", 0, 60), ("FAIR", 60, 80), ("GOOD", 80, 95), ("EXCELLENT", 95, 100)]
 
@@ -139,20 +139,20 @@ def net_influence_panel(ax: Axes, summary: pd.DataFrame, samples: pd.DataFrame) 
 
 
 def top_samples_panel(ax: Axes, table: pd.DataFrame, kind: str, title: str) -> None:
-    """Horizontal bars: the training samples of ``table`` by appearances as ``kind``; flipped labels in red."""
+    """Horizontal bars: the training samples of ``table`` by appearances as ``kind``; labels flipped on purpose in orange."""
     if table.empty:
         empty_panel(ax, title, f"no {kind}s")
         return
     col = f"{kind}_appearances"
     names = [f"train {r.train_id} ({r.label}{', pred ' + r.pred if r.pred != r.label else ''})" for r in table.itertuples()]
     flipped = table.flipped.fillna(False).astype(bool).to_numpy()
-    colors = np.where(flipped, BAD, GOOD if kind == "proponent" else NEUTRAL)
+    colors = np.where(flipped, FLIPPED, GOOD if kind == "proponent" else BAD)
     ax.barh(np.arange(len(table))[::-1], table[col], color=colors)
     ax.set_yticks(np.arange(len(table))[::-1], names, fontsize=8)
     ax.set_xlabel(f"test samples with it among their top-k {kind}s")
     ax.set_title(title, loc="left", fontweight="bold")
     if flipped.any():
-        ax.text(0.99, 0.02, "red: label was flipped on purpose", transform=ax.transAxes, ha="right", fontsize=7, color=BAD)
+        ax.text(0.99, 0.02, "orange: label was flipped on purpose", transform=ax.transAxes, ha="right", fontsize=8, color=FLIPPED)
 
 
 def findings_panel(ax: Axes, findings: list[str]) -> None:
@@ -246,7 +246,7 @@ def class_dashboard(cls: str, samples: pd.DataFrame, class_names: list[str], sum
         if known:
             flipped = mine_train.flipped.astype(bool)
             ax.hist(mine_train[~flipped].score, bins=bins, color=GOOD, alpha=0.7, label=f"clean ({int((~flipped).sum())})")
-            ax.hist(mine_train[flipped].score, bins=bins, color=BAD, alpha=0.7, label=f"flipped on purpose ({int(flipped.sum())})")
+            ax.hist(mine_train[flipped].score, bins=bins, color=FLIPPED, alpha=0.7, label=f"flipped on purpose ({int(flipped.sum())})")
         else:
             ax.hist(mine_train.score, bins=bins, color=ACCENT, alpha=0.8, label="training samples")
         cutoff = ranking.score.iloc[max(0, int(round(0.1 * len(ranking))) - 1)]
