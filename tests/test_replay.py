@@ -88,14 +88,16 @@ def check_fd(make, loss, opt, x, y, sched, x_t, y_t, objective, samples=(3,)) ->
     return grads
 
 
-@pytest.mark.parametrize("opt", [R.SGD(), R.SGD(momentum=0.9, weight_decay=1e-3), R.SGD(momentum=0.8, weight_decay=5e-3, nesterov=True)],
-                         ids=["sgd", "momentum+wd", "nesterov+wd"])
-def test_metagradient_matches_finite_differences_mlp(opt: R.SGD) -> None:
+@pytest.mark.parametrize(("opt", "lr"), [
+    (R.SGD(), 0.2), (R.SGD(momentum=0.9, weight_decay=1e-3), 0.2), (R.SGD(momentum=0.8, weight_decay=5e-3, nesterov=True), 0.2),
+    (R.AdamW(weight_decay=1e-2), 0.01), (R.AdamW(beta1=0.8, beta2=0.99, eps=1e-6), 0.02),
+], ids=["sgd", "momentum+wd", "nesterov+wd", "adamw", "adamw-betas"])
+def test_metagradient_matches_finite_differences_mlp(opt: R.Optimizer, lr: float) -> None:
     g = torch.Generator().manual_seed(0)
     n, d, c = 40, 5, 3
     x, y = torch.randn(n, d, dtype=F64, generator=g), torch.randint(0, c, (n,), generator=g)
     x_t, y_t = torch.randn(3, d, dtype=F64, generator=g), torch.randint(0, c, (3,), generator=g)
-    sched = schedule(n, 8, 20, 0.2)  # 100 steps
+    sched = schedule(n, 8, 20, lr)  # 100 steps
     loss = loss_fn(c)
     grads = check_fd(partial(mlp, d, c), loss, opt, x, y, sched, x_t, y_t, R.make_objective("loss", loss))
     assert grads.shape == (3, n) and grads.abs().min() > 0  # every sample was in some batch
@@ -111,7 +113,8 @@ def test_metagradient_with_batchnorm_flips_and_margin() -> None:
     check_fd(partial(cnn, c), loss_fn(c), R.SGD(momentum=0.9, weight_decay=5e-4), x, y, sched, x_t, y_t, R.margin, samples=(0, 11))
 
 
-def test_metagradient_of_the_workflow_resnet9() -> None:
+@pytest.mark.parametrize(("opt", "lr"), [(R.SGD(momentum=0.9, weight_decay=5e-4), 0.05), (R.AdamW(weight_decay=5e-4), 0.003)], ids=["sgd", "adamw"])
+def test_metagradient_of_the_workflow_resnet9(opt: R.Optimizer, lr: float) -> None:
     """The workflow's model (ResNet-9 with BatchNorm and max pooling, width 2) through replay_data.functional_model."""
     g = torch.Generator().manual_seed(2)
     n, c = 16, 4
@@ -124,31 +127,35 @@ def test_metagradient_of_the_workflow_resnet9() -> None:
         return functional_model(arch, torch.linspace(0.5, 2.0, c), 0.1, torch.device("cpu")).model.to(F64)
 
     loss = partial(per_sample_loss, class_weights=torch.linspace(0.5, 2.0, c, dtype=F64), label_smoothing=0.1)
-    check_fd(make, loss, R.SGD(momentum=0.9, weight_decay=5e-4), x, y, schedule(n, 8, 4, 0.05, flips=True), x_t, y_t, R.make_objective("loss", loss))
+    check_fd(make, loss, opt, x, y, schedule(n, 8, 4, lr, flips=True), x_t, y_t, R.make_objective("loss", loss))
 
 
-def test_replay_training_is_pytorch_sgd() -> None:
-    """Parameters and BatchNorm running statistics follow torch.optim.SGD + nn.BatchNorm exactly (float64)."""
+@pytest.mark.parametrize("opt", [R.SGD(momentum=0.9, weight_decay=1e-3), R.SGD(momentum=0.9, weight_decay=1e-3, nesterov=True),
+                                 R.AdamW(beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=1e-2)], ids=["sgd", "nesterov", "adamw"])
+def test_replay_training_is_pytorch(opt: R.Optimizer) -> None:
+    """Parameters and BatchNorm running statistics follow torch.optim.SGD/AdamW + nn.BatchNorm (float64)."""
     g = torch.Generator().manual_seed(3)
     n, c = 24, 3
     x, y = torch.rand(n, 3, 8, 8, dtype=F64, generator=g), torch.randint(0, c, (n,), generator=g)
-    sched = schedule(n, 6, 2, 0.1)
+    sched = schedule(n, 6, 2, 0.1 if isinstance(opt, R.SGD) else 0.01)
     loss = loss_fn(c)
-    for opt in (R.SGD(momentum=0.9, weight_decay=1e-3), R.SGD(momentum=0.9, weight_decay=1e-3, nesterov=True)):
-        fm = R.FunctionalModel(cnn(c), loss)
-        traj = R.train(fm, opt, x, y, sched)
-        model = cnn(c).train()
-        sgd = torch.optim.SGD(model.parameters(), lr=1.0, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
-        for t in range(len(sched)):
-            for group in sgd.param_groups:
-                group["lr"] = float(sched.lrs[t])
-            idx = sched.batches[t]
-            sgd.zero_grad()
-            (loss(model(x[idx]), y[idx]).mean()).backward()
-            sgd.step()
-        reference = R.FunctionalModel(model, loss)
-        assert torch.allclose(traj.final.theta, reference.flat_params(), rtol=1e-10, atol=1e-12)
-        assert torch.allclose(traj.final.bn, reference.flat_stats(), rtol=1e-10, atol=1e-12)
+    fm = R.FunctionalModel(cnn(c), loss)
+    traj = R.train(fm, opt, x, y, sched)
+    model = cnn(c).train()
+    if isinstance(opt, R.SGD):
+        torch_opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+    else:
+        torch_opt = torch.optim.AdamW(model.parameters(), lr=1.0, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay)
+    for t in range(len(sched)):
+        for group in torch_opt.param_groups:
+            group["lr"] = float(sched.lrs[t])
+        idx = sched.batches[t]
+        torch_opt.zero_grad()
+        (loss(model(x[idx]), y[idx]).mean()).backward()
+        torch_opt.step()
+    reference = R.FunctionalModel(model, loss)
+    assert torch.allclose(traj.final.theta, reference.flat_params(), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(traj.final.bn, reference.flat_stats(), rtol=1e-10, atol=1e-12)
 
 
 def test_replay_is_deterministic_and_checkpointing_is_exact() -> None:
@@ -195,7 +202,7 @@ def data(tmp_path_factory):
     return str(d / "im.npy"), str(d / "m.parquet")
 
 
-REPLAY = {"enabled": True, "targets": "test", "max_targets": 3, "group_size": 2, "objective": "loss", "epochs": 2, "batch_size": 16,
+REPLAY = {"enabled": True, "optimizer": "sgd", "betas": [0.9, 0.999], "eps": 1e-8, "targets": "test", "max_targets": 3, "group_size": 2, "objective": "loss", "epochs": 2, "batch_size": 16,
           "lr": 0.05, "lr_schedule": "triangular", "lr_peak_fraction": 0.25, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
           "augment": True, "checkpoint_every": 2, "top_k": 4}
 

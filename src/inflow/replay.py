@@ -8,13 +8,12 @@ batch loss of step ``t``::
 where ``l_i`` is the per-sample loss (for the workflow: class-weighted cross-entropy with label
 smoothing, :func:`inflow.losses.per_sample_loss`). At ``w = 1`` this is exactly the mean loss
 ``training.py`` minimises; ``w_i = 0`` drops the sample's term and keeps the batch-size
-denominator. The optimiser is SGD with heavy-ball or Nesterov momentum and L2 weight decay, with
-PyTorch's ``torch.optim.SGD`` semantics (dampening 0) and a given learning rate per step::
+denominator. The data order (and flips), learning rate of every step and initial parameters are
+fixed, so training is a deterministic function of ``w``. Optimisers, with PyTorch semantics:
 
-    g_t     = grad_theta L_t(theta_t, w) + wd * theta_t
-    v_{t+1} = mu * v_t + g_t                                   (v_0 = 0)
-    d_t     = v_{t+1}            (or g_t + mu * v_{t+1} with Nesterov)
-    theta_{t+1} = theta_t - lr_t * d_t
+* :class:`SGD`: ``torch.optim.SGD`` with momentum (heavy-ball or Nesterov, dampening 0) and L2
+  weight decay: ``g' = g + wd theta; v' = mu v + g'; theta' = theta - lr (v' or g' + mu v')``.
+* :class:`AdamW`: ``torch.optim.AdamW`` (bias-corrected moments, decoupled weight decay, no amsgrad).
 
 BatchNorm layers run in train mode (batch statistics), deterministically, and their running
 statistics are part of the training state and of the derivative::
@@ -25,31 +24,32 @@ statistics are part of the training state and of the derivative::
 ``f(theta_T, r_T)`` (one test sample's loss or margin) is evaluated in eval mode, using the
 running statistics, as the trained model predicts.
 
-The reverse pass (REPLAY) walks the steps backwards carrying the adjoints
-``a_theta = df/dtheta_t``, ``a_r = df/dr_t`` and the momentum adjoint, for many targets at once
-(a leading target axis ``k``)::
+The reverse pass (REPLAY) walks the steps backwards carrying the adjoints of the state
+(``a_theta = df/dtheta_t``, the optimiser buffers' adjoints, ``a_r = df/dr_t``) for many targets at
+once (a leading target axis ``k``). At step ``t`` the optimiser's own reverse
+(:meth:`SGD.reverse`, :meth:`AdamW.reverse`; elementwise, closed form) gives ``u``, the adjoint
+of the loss gradient ``g_t = grad_theta L_t``, and then::
 
-    u_t        = adjoint of g_t  = c_{t+1} - lr_t * a_theta_{t+1}      (Nesterov: c_{t+1} - lr_t*(1+mu)*a_theta_{t+1})
-    c_t        = mu * (c_{t+1} - lr_t * [mu if Nesterov else 1] * a_theta_{t+1})
-    a_theta_t  = a_theta_{t+1} + H_t u_t + wd * u_t + J_{s_t}^T (m * a_r_{t+1})
+    a_theta_t  = (optimiser's direct term) + H_t u + J_{s_t}^T (m * a_r_{t+1})
     a_r_t      = (1 - m) * a_r_{t+1}
-    df/dw_i   += <u_t, d g_t / d w_i> = <u_t, grad l_i(theta_t)> / |B_t|      for i in B_t
+    df/dw_i   += <u, d g_t / d w_i> = <u, grad l_i(theta_t)> / |B_t|      for i in B_t
 
-``H_t u_t``, ``J^T (m a_r)`` and all per-sample dot products of a step come from one double
-backward: ``grad(<u, g_t> + <m a_r, s_t>, [theta_t, w_B])`` with ``g_t`` built with
-``create_graph=True`` (per-sample gradients are never formed). Targets are batched with
-``is_grads_batched`` (vmap over the targets' adjoints) or looped, sharing the step's forward and
-first backward.
+For SGD with momentum, e.g., ``u = c - lr a_theta`` with ``c`` the momentum adjoint, and
+``a_theta_t = a_theta + H u + wd u``. ``H_t u``, ``J^T (m a_r)`` and all the per-sample dot
+products of a step come from one double backward: ``grad(<u, g_t> + <m a_r, s_t>, [theta_t, w_B])``
+with ``g_t`` built with ``create_graph=True`` (per-sample gradients are never formed). Targets
+are looped (or vmapped with ``is_grads_batched``), sharing the step's forward and first backward.
 
-The reverse pass needs ``theta_t`` at every step: :func:`train` keeps the full state every
+The reverse pass needs the state before every step: :func:`train` keeps the full state every
 ``checkpoint_every`` steps and :func:`metagradients` recomputes each segment forward from its
 snapshot (one extra training pass in all), checking that the recomputed trajectory reproduces
-the next snapshot bit for bit.
+the next snapshot bit for bit (``Trajectory.drift``).
 
 Supported: any ``nn.Module`` whose forward is deterministic and whose only mutable state is
-BatchNorm running statistics (BatchNorm1d/2d/3d with ``track_running_stats``); parameters are
-all trained with one learning-rate schedule. Not supported: Adam/AdamW, dropout or other random
-layers, per-group learning rates, frozen parameters.
+BatchNorm running statistics (BatchNorm1d/2d/3d with ``track_running_stats``); all parameters
+trained with one learning-rate schedule. Not supported: dropout or other random layers,
+per-group learning rates, frozen parameters, amsgrad, learning-rate schedules that depend on
+the run (ReduceLROnPlateau), early stopping.
 """
 
 from __future__ import annotations
@@ -74,9 +74,18 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(logits (n, C), labels (n,)) -> (n,)`` per-sample loss."""
 
 
+OptState = tuple[Tensor, ...]
+"""An optimiser's buffers, each ``(P,)`` (SGD: momentum; AdamW: first and second moments)."""
+
+
 @dataclass(frozen=True)
 class SGD:
-    """SGD as ``torch.optim.SGD(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)``, dampening 0."""
+    """SGD as ``torch.optim.SGD(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)``, dampening 0.
+
+    Forward (``g`` the loss gradient)::
+
+        g' = g + wd * theta;  v' = mu * v + g';  d = v' (Nesterov: g' + mu * v');  theta' = theta - lr * d
+    """
 
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -85,6 +94,80 @@ class SGD:
     def __post_init__(self) -> None:
         if self.nesterov and self.momentum <= 0:
             raise InflowError("replay: Nesterov momentum needs momentum > 0")
+
+    def init(self, theta: Tensor) -> OptState:
+        return (torch.zeros_like(theta),)
+
+    def step(self, theta: Tensor, buffers: OptState, g: Tensor, lr: float, t: int) -> tuple[Tensor, OptState]:
+        """``theta (P,)``, momentum ``(P,)`` and gradient ``g (P,)`` at step ``t`` -> next parameters and momentum."""
+        if self.weight_decay:
+            g = g + self.weight_decay * theta
+        v = self.momentum * buffers[0] + g if self.momentum else g
+        d = g + self.momentum * v if self.nesterov else v
+        return theta - lr * d, (v,)
+
+    def reverse(self, theta: Tensor, buffers: OptState, g: Tensor, lr: float, t: int, a_theta: Tensor, a_buffers: OptState) -> tuple[Tensor, Tensor, OptState]:
+        """Adjoints through one step for ``k`` targets.
+
+        Args:
+            theta, buffers, g: the step's inputs ``(P,)`` (only ``lr`` and the constants matter for SGD).
+            a_theta: ``(k, P)`` adjoint of the next parameters; a_buffers: ``((k, P),)`` of the next momentum.
+
+        Returns:
+            ``u (k, P)`` adjoint of the loss gradient ``g``; the adjoint of ``theta`` except the
+            ``H u`` term; the adjoints of the momentum before the step.
+        """
+        mu = self.momentum
+        a_v = a_buffers[0] - lr * (mu if self.nesterov else 1.0) * a_theta   # adjoint of v'
+        u = a_v - lr * a_theta if self.nesterov else a_v                     # adjoint of g' (and of g)
+        a_theta_prev = a_theta + self.weight_decay * u if self.weight_decay else a_theta
+        return u, a_theta_prev, (mu * a_v,)
+
+
+@dataclass(frozen=True)
+class AdamW:
+    """AdamW as ``torch.optim.AdamW(betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)`` (no amsgrad).
+
+    Forward at step ``t`` (``s = t + 1``, ``c1 = 1 - beta1^s``, ``c2 = 1 - beta2^s``)::
+
+        m' = beta1 m + (1 - beta1) g;   v' = beta2 v + (1 - beta2) g^2
+        theta' = theta (1 - lr wd) - (lr / c1) m' / (sqrt(v') / sqrt(c2) + eps)
+    """
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def init(self, theta: Tensor) -> OptState:
+        return (torch.zeros_like(theta), torch.zeros_like(theta))
+
+    def _moments(self, buffers: OptState, g: Tensor) -> tuple[Tensor, Tensor]:
+        m, v = buffers
+        return self.beta1 * m + (1 - self.beta1) * g, self.beta2 * v + (1 - self.beta2) * g * g
+
+    def step(self, theta: Tensor, buffers: OptState, g: Tensor, lr: float, t: int) -> tuple[Tensor, OptState]:
+        """``theta (P,)``, moments ``(P,)`` and gradient ``g (P,)`` at step ``t`` -> next parameters and moments."""
+        m, v = self._moments(buffers, g)
+        c1, c2 = 1 - self.beta1 ** (t + 1), 1 - self.beta2 ** (t + 1)
+        denom = v.sqrt() / c2 ** 0.5 + self.eps
+        return theta * (1 - lr * self.weight_decay) - (lr / c1) * m / denom, (m, v)
+
+    def reverse(self, theta: Tensor, buffers: OptState, g: Tensor, lr: float, t: int, a_theta: Tensor, a_buffers: OptState) -> tuple[Tensor, Tensor, OptState]:
+        """As :meth:`SGD.reverse`; the moments ``m', v'`` are recomputed from ``buffers`` and ``g``."""
+        m, v = self._moments(buffers, g)
+        c1, c2 = 1 - self.beta1 ** (t + 1), 1 - self.beta2 ** (t + 1)
+        root = v.sqrt()
+        denom = root / c2 ** 0.5 + self.eps
+        a_m = a_buffers[0] - (lr / c1) * a_theta / denom
+        # d theta' / d v' = (lr / c1) m' / denom^2 / sqrt(c2) / (2 sqrt(v')); 0 where v' = 0 (then m' = 0 too)
+        dv = torch.where(root > 0, (lr / c1) * m / (denom * denom * c2 ** 0.5 * 2 * root.clamp_min(torch.finfo(root.dtype).tiny)), torch.zeros_like(root))
+        a_v = a_buffers[1] + a_theta * dv
+        u = (1 - self.beta1) * a_m + 2 * (1 - self.beta2) * g * a_v
+        return u, a_theta * (1 - lr * self.weight_decay), (self.beta1 * a_m, self.beta2 * a_v)
+
+
+Optimizer = SGD | AdamW
 
 
 @dataclass
@@ -112,26 +195,26 @@ class Schedule:
 
 @dataclass
 class State:
-    """Training state after ``step`` steps: parameters, momentum, BatchNorm running statistics.
+    """Training state after ``step`` steps: parameters, optimiser buffers, BatchNorm running statistics.
 
     Attributes:
         theta: ``(P,)`` all parameters, flattened in ``model.named_parameters()`` order.
-        v: ``(P,)`` momentum buffer.
+        opt: the optimiser's buffers, each ``(P,)`` (SGD: momentum; AdamW: m, v).
         bn: ``(S,)`` running statistics: per BatchNorm layer its running_mean then running_var.
         step: number of optimiser steps taken.
     """
 
     theta: Tensor
-    v: Tensor
+    opt: OptState
     bn: Tensor
     step: int
 
-    def to_dict(self) -> dict[str, Tensor | int]:
-        return {"theta": self.theta.detach().cpu(), "v": self.v.detach().cpu(), "bn": self.bn.detach().cpu(), "step": self.step}
+    def to_dict(self) -> dict:
+        return {"theta": self.theta.detach().cpu(), "opt": [b.detach().cpu() for b in self.opt], "bn": self.bn.detach().cpu(), "step": self.step}
 
     @staticmethod
     def from_dict(d: dict, device: torch.device | None = None) -> "State":
-        return State(d["theta"].to(device), d["v"].to(device), d["bn"].to(device), int(d["step"]))
+        return State(d["theta"].to(device), tuple(b.to(device) for b in d["opt"]), d["bn"].to(device), int(d["step"]))
 
 
 @dataclass
@@ -196,9 +279,9 @@ class FunctionalModel:
             return torch.zeros(0, dtype=self.dtype, device=self.device)
         return torch.cat([t.detach().reshape(-1).to(self.dtype) for t in parts]).clone()
 
-    def initial_state(self) -> State:
+    def initial_state(self, opt: Optimizer) -> State:
         theta = self.flat_params()
-        return State(theta, torch.zeros_like(theta), self.flat_stats(), 0)
+        return State(theta, opt.init(theta), self.flat_stats(), 0)
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Named parameter views of ``theta (P,)`` (differentiable)."""
@@ -326,27 +409,23 @@ def batch_of(x_all: Tensor, y_all: Tensor, schedule: Schedule, t: int) -> tuple[
     return x, y, idx
 
 
-def sgd_step(fm: FunctionalModel, opt: SGD, state: State, x: Tensor, y: Tensor, w: Tensor, lr: float) -> tuple[State, float]:
+def train_step(fm: FunctionalModel, opt: Optimizer, state: State, x: Tensor, y: Tensor, w: Tensor, lr: float) -> tuple[State, float]:
     """One replayable step: returns the next :class:`State` and the batch loss at ``state``."""
     theta = state.theta.detach().requires_grad_(True)
     with torch.enable_grad():
         loss, stats = fm.train_loss(theta, x, y, w)
         (g,) = torch.autograd.grad(loss, theta)
-    with torch.no_grad():
-        if opt.weight_decay:
-            g = g + opt.weight_decay * state.theta
-        v = opt.momentum * state.v + g if opt.momentum else g
-        d = g + opt.momentum * v if opt.nesterov else v
-        theta_next = state.theta - lr * d
-        m = fm.stat_factors(state.step)
-        bn = (1 - m) * state.bn + m * stats.detach()
     if not torch.isfinite(loss):
         raise InflowError(f"replay: loss became {loss.item()} at step {state.step}; lower replay.lr")
-    return State(theta_next, v, bn, state.step + 1), float(loss.detach())
+    with torch.no_grad():
+        theta_next, buffers = opt.step(state.theta, state.opt, g, lr, state.step)
+        m = fm.stat_factors(state.step)
+        bn = (1 - m) * state.bn + m * stats.detach()
+    return State(theta_next, buffers, bn, state.step + 1), float(loss.detach())
 
 
 def run_steps(
-    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, state: State, stop: int,
+    fm: FunctionalModel, opt: Optimizer, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, state: State, stop: int,
     keep: Callable[[State], None] | None = None,
 ) -> tuple[State, list[float]]:
     """Run steps ``state.step .. stop-1``; ``keep(state)`` sees every state before its step."""
@@ -355,13 +434,13 @@ def run_steps(
         if keep is not None:
             keep(state)
         x, y, idx = batch_of(x_all, y_all, schedule, t)
-        state, loss = sgd_step(fm, opt, state, x, y, weights[idx], float(schedule.lrs[t]))
+        state, loss = train_step(fm, opt, state, x, y, weights[idx], float(schedule.lrs[t]))
         losses.append(loss)
     return state, losses
 
 
 def train(
-    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, schedule: Schedule, weights: Tensor | None = None,
+    fm: FunctionalModel, opt: Optimizer, x_all: Tensor, y_all: Tensor, schedule: Schedule, weights: Tensor | None = None,
     checkpoint_every: int = 1, state: State | None = None, progress: Callable[[int, float], None] | None = None,
 ) -> Trajectory:
     """Replayable training from ``state`` (default: the module's current parameters, v = 0).
@@ -375,7 +454,7 @@ def train(
     if checkpoint_every < 1:
         raise InflowError("replay.checkpoint_every must be at least 1")
     weights = torch.ones(len(y_all), dtype=fm.dtype, device=fm.device) if weights is None else weights
-    state = fm.initial_state() if state is None else state
+    state = fm.initial_state(opt) if state is None else state
     snapshots: dict[int, State] = {}
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -383,7 +462,7 @@ def train(
         if state.step % checkpoint_every == 0:
             snapshots[state.step] = state
         x, y, idx = batch_of(x_all, y_all, schedule, state.step)
-        state, loss = sgd_step(fm, opt, state, x, y, weights[idx], float(schedule.lrs[state.step]))
+        state, loss = train_step(fm, opt, state, x, y, weights[idx], float(schedule.lrs[state.step]))
         losses.append(loss)
         if progress is not None:
             progress(state.step, loss)
@@ -403,52 +482,61 @@ def target_gradients(fm: FunctionalModel, state: State, x: Tensor, y: Tensor, ob
 
 
 def reverse_step(
-    fm: FunctionalModel, theta: Tensor, x: Tensor, y: Tensor, w: Tensor, u: Tensor, c: Tensor, batched: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """VJPs of one step's gradient and batch statistics, for ``k`` targets at once.
+    fm: FunctionalModel, opt: Optimizer, state: State, x: Tensor, y: Tensor, w: Tensor, lr: float,
+    a_theta: Tensor, a_opt: OptState, a_bn: Tensor, batched: bool = False,
+) -> tuple[Tensor, OptState, Tensor, Tensor]:
+    """Pull the adjoints of the state after step ``t = state.step`` back to before it, for ``k`` targets.
 
     Args:
-        theta: ``(P,)`` parameters before the step. x, y, w: the batch ``(b, ...)``, ``(b,)``, ``(b,)``.
-        u: ``(k, P)`` adjoints of the loss gradient ``g``. c: ``(k, S)`` adjoints of the batch statistics.
-        batched: vmap over the ``k`` targets (``is_grads_batched``) instead of a loop.
+        state: the state before the step (``theta``, optimiser buffers ``(P,)``).
+        x, y, w: the step's batch ``(b, ...)``, labels ``(b,)``, sample weights ``(b,)``.
+        a_theta: ``(k, P)``, a_opt: buffers' adjoints ``(k, P)`` each, a_bn: ``(k, S)``: adjoints after the step.
+        batched: vmap over the ``k`` targets (``is_grads_batched``) instead of a loop (same result).
 
     Returns:
-        ``(k, P)``: ``H u + J_s^T c`` and ``(k, b)``: ``d<u, g>/dw`` = ``<u, grad l_i> / b``.
+        The adjoints before the step (``(k, P)``, buffers, ``(k, S)``) and ``(k, b)``
+        ``d f / d w`` of the batch's samples at this step, ``<u, grad l_i> / b`` with ``u`` the
+        adjoint of the loss gradient.
     """
-    theta = theta.detach().requires_grad_(True)
+    theta = state.theta.detach().requires_grad_(True)
     w = w.detach().clone().requires_grad_(True)
+    m = fm.stat_factors(state.step)
     with torch.enable_grad():
         loss, stats = fm.train_loss(theta, x, y, w)
         (g,) = torch.autograd.grad(loss, theta, create_graph=True)
+        u, a_theta_prev, a_opt_prev = opt.reverse(state.theta, state.opt, g.detach(), lr, state.step, a_theta, a_opt)
         outs, adj = [g], [u]
         if stats.numel() and stats.requires_grad:
             outs.append(stats)
-            adj.append(c)
+            adj.append(m * a_bn)
         if batched:
-            return torch.autograd.grad(outs, [theta, w], grad_outputs=adj, is_grads_batched=True, allow_unused=True, materialize_grads=True)
-        rows = [torch.autograd.grad(outs, [theta, w], grad_outputs=[a[j] for a in adj], retain_graph=True, allow_unused=True, materialize_grads=True) for j in range(len(u))]
-    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+            hvp, gw = torch.autograd.grad(outs, [theta, w], grad_outputs=adj, is_grads_batched=True, allow_unused=True, materialize_grads=True)
+        else:
+            rows = [torch.autograd.grad(outs, [theta, w], grad_outputs=[a[j] for a in adj], retain_graph=True, allow_unused=True, materialize_grads=True)
+                    for j in range(len(u))]
+            hvp, gw = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+    return a_theta_prev + hvp, a_opt_prev, (1 - m) * a_bn, gw
 
 
 def recompute_segment(
-    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, start: State, stop: int, expected: State | None,
-) -> tuple[list[Tensor], float]:
-    """Parameters ``theta_t`` for ``t = start.step .. stop-1`` recomputed from ``start``.
+    fm: FunctionalModel, opt: Optimizer, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, start: State, stop: int, expected: State | None,
+) -> tuple[list[State], float]:
+    """States before steps ``t = start.step .. stop-1``, recomputed from ``start``.
 
     Returns the list and the max absolute difference between the recomputed state at ``stop``
     and ``expected`` (the stored snapshot; 0.0 when training is deterministic).
     """
-    thetas: list[Tensor] = []
-    end, _ = run_steps(fm, opt, x_all, y_all, weights, schedule, start, stop, keep=lambda s: thetas.append(s.theta))
+    states: list[State] = []
+    end, _ = run_steps(fm, opt, x_all, y_all, weights, schedule, start, stop, keep=states.append)
     drift = 0.0
     if expected is not None:
-        drift = max(float((end.theta - expected.theta).abs().max()), float((end.v - expected.v).abs().max()),
-                    float((end.bn - expected.bn).abs().max()) if end.bn.numel() else 0.0)
-    return thetas, drift
+        pairs = [(end.theta, expected.theta), (end.bn, expected.bn), *zip(end.opt, expected.opt)]
+        drift = max(float((a - b).abs().max()) if a.numel() else 0.0 for a, b in pairs)
+    return states, drift
 
 
 def metagradients(
-    fm: FunctionalModel, opt: SGD, x_all: Tensor, y_all: Tensor, schedule: Schedule, trajectory: Trajectory,
+    fm: FunctionalModel, opt: Optimizer, x_all: Tensor, y_all: Tensor, schedule: Schedule, trajectory: Trajectory,
     x_target: Tensor, y_target: Tensor, objective: LossFn, weights: Tensor | None = None, batched: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -456,7 +544,7 @@ def metagradients(
 
     Args:
         x_all, y_all: the training set ``(n, ...)``, ``(n,)``, as given to :func:`train`.
-        trajectory: from :func:`train` with the same schedule and weights.
+        trajectory: from :func:`train` with the same optimiser, schedule and weights.
         x_target, y_target: ``(k, ...)``, ``(k,)`` test samples; ``objective(logits, y) -> (k,)``.
         progress: called with the number of reverse steps done.
 
@@ -466,31 +554,23 @@ def metagradients(
     """
     n, T, every = len(y_all), len(schedule), trajectory.checkpoint_every
     weights = torch.ones(n, dtype=fm.dtype, device=fm.device) if weights is None else weights
-    mu, wd = opt.momentum, opt.weight_decay
     f, a_theta, a_bn = target_gradients(fm, trajectory.final, x_target, y_target, objective)
-    k = len(f)
-    carry_v = torch.zeros_like(a_theta)  # adjoint reaching v_{t+1} from step t+1 (mu * adjoint of v_{t+2})
-    scores = torch.zeros(k, n, dtype=torch.float64, device=fm.device)
+    a_opt = tuple(torch.zeros_like(a_theta) for _ in trajectory.final.opt)  # f does not depend on the final buffers
+    scores = torch.zeros(len(f), n, dtype=torch.float64, device=fm.device)
     drift, done = 0.0, 0
     for seg in reversed(range(0, T, every)):
         stop = min(seg + every, T)
         expected = trajectory.final if stop == T else trajectory.snapshots[stop]
-        thetas, seg_drift = recompute_segment(fm, opt, x_all, y_all, weights, schedule, trajectory.snapshots[seg], stop, expected)
+        states, seg_drift = recompute_segment(fm, opt, x_all, y_all, weights, schedule, trajectory.snapshots[seg], stop, expected)
         drift = max(drift, seg_drift)
         for t in reversed(range(seg, stop)):
-            lr = float(schedule.lrs[t])
-            adj_v = carry_v - lr * (mu if opt.nesterov else 1.0) * a_theta  # adjoint of v_{t+1}
-            u = adj_v - lr * a_theta if opt.nesterov else adj_v            # adjoint of g_t
-            m = fm.stat_factors(t)
             x, y, idx = batch_of(x_all, y_all, schedule, t)
-            hvp, gw = reverse_step(fm, thetas[t - seg], x, y, weights[idx], u, m * a_bn, batched)
-            a_theta = a_theta + hvp + wd * u if wd else a_theta + hvp
-            a_bn = (1 - m) * a_bn
-            carry_v = mu * adj_v
+            a_theta, a_opt, a_bn, gw = reverse_step(fm, opt, states[t - seg], x, y, weights[idx], float(schedule.lrs[t]), a_theta, a_opt, a_bn, batched)
             scores.index_add_(1, idx.to(fm.device), gw.to(torch.float64))
             done += 1
             if progress is not None:
                 progress(done)
+        del states
     trajectory.drift["max_abs"] = drift
     if drift > 0:
         log.warning("replay: recomputed training differs from the stored snapshots by up to %.3g (non-deterministic kernels?)", drift)

@@ -15,6 +15,7 @@ loss / raises the margin), negative = opponent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import resource
@@ -32,7 +33,7 @@ from inflow.errors import InflowError
 from inflow.io import atomic_path, read_metadata, read_table, write_json, write_table
 from inflow.losses import inverse_frequency_weights, per_sample_loss
 from inflow.models import build_model, resolve_device
-from inflow.replay import SGD, FunctionalModel, Schedule, State, Trajectory, influence_sign, make_objective, margin, metagradients, train
+from inflow.replay import SGD, AdamW, FunctionalModel, Optimizer, Schedule, State, Trajectory, influence_sign, make_objective, margin, metagradients, train
 from inflow.topk import row_topk
 from inflow.training import seed_everything
 
@@ -78,8 +79,22 @@ def split_tensor(data: Split, device: torch.device, dtype: torch.dtype) -> tuple
     return x.to(dtype), y
 
 
-def optimizer_of(cfg: dict[str, Any]) -> SGD:
-    return SGD(momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
+def optimizer_of(cfg: dict[str, Any]) -> Optimizer:
+    """``replay.optimizer``: ``sgd`` (momentum, nesterov, L2 weight_decay) or ``adamw`` (betas, eps, decoupled weight_decay)."""
+    if cfg["optimizer"] == "sgd":
+        return SGD(momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
+    if cfg["optimizer"] == "adamw":
+        return AdamW(beta1=cfg["betas"][0], beta2=cfg["betas"][1], eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+    raise InflowError(f"replay.optimizer: unknown optimiser {cfg['optimizer']!r}; use sgd or adamw")
+
+
+def optimizer_record(opt: Optimizer) -> dict[str, Any]:
+    return {"name": type(opt).__name__, **dataclasses.asdict(opt)}
+
+
+def optimizer_from_record(record: dict[str, Any]) -> Optimizer:
+    fields = {k: v for k, v in record.items() if k != "name"}
+    return SGD(**fields) if record["name"] == "SGD" else AdamW(**fields)
 
 
 def functional_model(arch: dict[str, Any], class_weights: Tensor, label_smoothing: float, device: torch.device, pretrained: str | None = None) -> FunctionalModel:
@@ -127,7 +142,7 @@ def save_replay(path: str, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def load_replay(path: str, device: torch.device) -> tuple[dict[str, Any], FunctionalModel, SGD, Schedule, Trajectory]:
+def load_replay(path: str, device: torch.device) -> tuple[dict[str, Any], FunctionalModel, Optimizer, Schedule, Trajectory]:
     """Everything :func:`train_replay` saved: (payload, model, optimiser, schedule, trajectory)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -148,7 +163,7 @@ def load_replay(path: str, device: torch.device) -> tuple[dict[str, Any], Functi
         final=State.from_dict(payload["final"], device), checkpoint_every=payload["checkpoint_every"],
         losses=payload["losses"], seconds=payload["train_seconds"],
     )
-    return payload, fm, SGD(**payload["optimizer"]), schedule, traj
+    return payload, fm, optimizer_from_record(payload["optimizer"]), schedule, traj
 
 
 def train_replay(
@@ -170,9 +185,8 @@ def train_replay(
     x, y = split_tensor(train_set, device, fm.dtype)
     schedule = make_schedule(len(y), replay_cfg["batch_size"], replay_cfg["epochs"], seed, replay_cfg, replay_cfg["augment"])
     steps_per_epoch = math.ceil(len(y) / replay_cfg["batch_size"])
-    log.info("replay training %s (%d parameters, %d BatchNorm statistics) on %d images: %d steps, SGD momentum %g%s, weight decay %g, lr %g (%s), state every %d steps",
-             arch["name"], fm.n_params, fm.n_stats, len(y), len(schedule), opt.momentum, " (Nesterov)" if opt.nesterov else "",
-             opt.weight_decay, replay_cfg["lr"], replay_cfg["lr_schedule"], replay_cfg["checkpoint_every"])
+    log.info("replay training %s (%d parameters, %d BatchNorm statistics) on %d images: %d steps, %s, lr %g (%s), state every %d steps",
+             arch["name"], fm.n_params, fm.n_stats, len(y), len(schedule), opt, replay_cfg["lr"], replay_cfg["lr_schedule"], replay_cfg["checkpoint_every"])
 
     def progress(step: int, loss: float) -> None:
         if step % steps_per_epoch == 0 or step == len(schedule):
@@ -192,7 +206,7 @@ def train_replay(
     offsets = np.cumsum([0] + [len(b) for b in schedule.batches])
     save_replay(states_out, {
         "format": FORMAT, "arch": arch, "class_weights": class_weights, "label_smoothing": float(train_cfg["label_smoothing"]),
-        "optimizer": {"momentum": opt.momentum, "weight_decay": opt.weight_decay, "nesterov": opt.nesterov},
+        "optimizer": optimizer_record(opt),
         "schedule": {"rows": torch.cat(schedule.batches), "offsets": torch.as_tensor(offsets), "lrs": schedule.lrs,
                      "flips": None if schedule.flips is None else torch.cat(schedule.flips)},
         "snapshots": {k: s.to_dict() for k, s in traj.snapshots.items()}, "final": traj.final.to_dict(),
@@ -260,7 +274,7 @@ def merge_replay(group_paths: list[str], top_k: int, scores_out: str, topk_out: 
     objective = metas[0].get("objective", "loss")
     parts = []
     for test_id, block in scores.groupby("test_id", sort=True):
-        vals = torch.as_tensor(block.influence.to_numpy()).view(1, -1)
+        vals = torch.as_tensor(block.influence.to_numpy(copy=True)).view(1, -1)
         ids = block.train_id.to_numpy()
         for kind, (v, cols) in row_topk(vals, top_k).items():
             kk = v.shape[1]
