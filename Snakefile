@@ -19,6 +19,7 @@ include: "rules/train.smk"
 include: "rules/factors.smk"
 include: "rules/influence.smk"
 include: "rules/mislabel.smk"
+include: "rules/clean.smk"
 include: "rules/replay.smk"
 include: "rules/report.smk"
 

@@ -29,6 +29,7 @@ wildcard_constraints:
     ckpt=r"\d+",
     tile=r"\d+-\d+",
     split="train|test",
+    variant="influence|oracle|random",
 
 
 def checkpoint_paths(ext):
@@ -69,7 +70,30 @@ def all_outputs():
         class_dashboards,
         test_sample_grids,
         *replay_outputs(),
+        *clean_outputs(),
     ]
+
+
+# Cleaning stage (rules/clean.smk): the influence-guided set, and the references on the same
+# budget; the oracle needs known true labels (built-in data, or injected noise).
+CLEAN_VARIANTS = ["influence"] + [
+    ref for ref in config["clean"]["references"] if ref != "oracle" or config["dataset"]["noise_rate"] > 0
+]
+
+
+def clean_outputs():
+    """The before/after comparison, when the cleaning stage is enabled."""
+    if not config["clean"]["enabled"]:
+        return []
+    return ["results/clean/comparison.csv", "results/clean/comparison.png"]
+
+
+def clean_inputs(wildcards):
+    """Inputs of clean_manifest: the manifest, and the review file for the influence variant only."""
+    inputs = {"manifest": "results/data/manifest.parquet"}
+    if wildcards.variant == "influence":
+        inputs["review"] = "results/clean/review.csv"
+    return inputs
 
 
 # Report stage (rules/report.smk): the files with a fixed name; per-class dashboards and

@@ -24,7 +24,7 @@ from inflow.io import read_table
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "tests" / "slurm" / "profile"
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-HEAVY_RULES = {"prepare_data", "train", "predict", "factors", "influence_shard", "tile_topk"}
+HEAVY_RULES = {"prepare_data", "train", "predict", "factors", "influence_shard", "tile_topk", "retrain", "predict_clean"}
 
 pytestmark = pytest.mark.slurm
 
@@ -76,14 +76,17 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_
     submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: (\S+/slurm_logs/rule_(\w+)/\S+\.log)\)", out)
     rules_seen = {rule for _, _, rule in submitted}
     assert HEAVY_RULES <= rules_seen, f"rules not submitted to SLURM: {HEAVY_RULES - rules_seen}\n{out[-3000:]}"
-    assert len({job_id for job_id, _, _ in submitted}) == len(submitted) == 22 - 3  # all jobs but the 3 localrules
+    remote_jobs = len(re.findall(r"^rule \w+:", out, flags=re.MULTILINE))  # localrules print as "localrule x:"
+    assert len({job_id for job_id, _, _ in submitted}) == len(submitted) == remote_jobs, f"{len(submitted)} sbatch job ids for {remote_jobs} jobs"
     assert all(Path(log).is_file() for _, log, _ in submitted)
-    assert not {"accumulate_topk", "mislabel", "self_influence"} & rules_seen  # localrules stayed local
+    assert not {"accumulate_topk", "mislabel", "self_influence", "review", "clean_comparison", "dashboard"} & rules_seen  # localrules stayed local
 
     # the same results as a local run with the same thread counts
     run_snakemake(tmp_path / "local", "--cores", "2", "--max-threads", "1")
     for rel in ("results/influence/topk.parquet", "results/influence/self_influence.parquet", "results/mislabel/ranking.parquet"):
         a, b = read_table(tmp_path / "slurm" / rel), read_table(tmp_path / "local" / rel)
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=rel)
+    rel = "results/clean/comparison.csv"  # the retrained models too
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "slurm" / rel), pd.read_csv(tmp_path / "local" / rel), check_exact=True, obj=rel)
     # the checkpoints saw a CUDA_VISIBLE_DEVICES without a GPU and fell back to the CPU
     assert "device cpu" in (tmp_path / "slurm" / "logs" / "train.log").read_text()

@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -96,10 +98,15 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
 HEAVY = {"prepare_data", "train", "predict", "factors", "influence_shard", "tile_topk", "accumulate_topk", "self_influence"}
 
 
-def planned_jobs(workdir: Path, tmp_path: Path, **changes: dict) -> dict[str, int]:
-    """Rule -> job count of a dry run on a copy of a finished run, with config sections updated."""
+def planned_jobs(workdir: Path, tmp_path: Path, edit: Callable[[Path], None] | None = None, **changes: dict) -> dict[str, int]:
+    """Rule -> job count of a dry run on a copy of a finished run, with config sections updated.
+
+    ``edit(copy)`` may change files of the copied run first, as a user would.
+    """
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, symlinks=True)  # copy2 keeps mtimes, .snakemake keeps the params record
+    if edit is not None:
+        edit(copy)
     config = yaml.safe_load(TINY.read_text())
     for section, values in changes.items():
         config.setdefault(section, {}).update(values)
@@ -124,6 +131,11 @@ def test_report_option_reruns_only_the_ranking(workdir: Path, tmp_path: Path) ->
     assert "mislabel" in jobs and not HEAVY & set(jobs), jobs
 
 
+def test_report_layout_option_reruns_only_report_rules(workdir: Path, tmp_path: Path) -> None:
+    jobs = planned_jobs(workdir, tmp_path, report={"grid_columns": 5})
+    assert jobs and not (HEAVY | {"mislabel"}) & set(jobs), jobs
+
+
 def test_performance_knobs_rerun_nothing(workdir: Path, tmp_path: Path) -> None:
     """Working memory and batch sizes change how, not what: they are resources, not params."""
     jobs = planned_jobs(workdir, tmp_path, influence={"memory_mb": 64}, factors={"batch_size": 7})
@@ -145,3 +157,28 @@ def test_new_checkpoint_epoch_retrains_and_keeps_the_data(workdir: Path, tmp_pat
 
 def test_reordered_config_keys_rerun_nothing(workdir: Path, tmp_path: Path) -> None:
     assert planned_jobs(workdir, tmp_path) == {}  # planned_jobs writes the config back with sorted keys
+
+
+def test_editing_one_review_action_reruns_only_the_cleaning_branch(workdir: Path, tmp_path: Path) -> None:
+    def flip_first_action(run: Path) -> None:
+        review = run / "results/clean/review.csv"
+        lines = review.read_text().splitlines()
+        first = lines[1].rsplit(",", 1)
+        lines[1] = first[0] + ("," + ("keep" if first[1] != "keep" else "drop"))
+        review.write_text("\n".join(lines) + "\n")
+
+    jobs = planned_jobs(workdir, tmp_path, edit=flip_first_action)
+    assert jobs == {"clean_manifest": 1, "retrain": 1, "predict_clean": 1, "clean_comparison": 1, "all": 1}, jobs
+
+
+def test_cleaning_comparison(workdir: Path) -> None:
+    table = pd.read_csv(workdir / "results/clean/comparison.csv")
+    assert table.variant.tolist() == ["baseline", "influence", "oracle", "random"]
+    budget = round(0.1 * int((read_table(workdir / "results/data/manifest.parquet").split == "train").sum()))
+    review = pd.read_csv(workdir / "results/clean/review.csv")
+    assert len(review) == budget and set(review.action) <= {"drop", "relabel"}
+    influence, oracle, random = (table.set_index("variant").loc[v] for v in ("influence", "oracle", "random"))
+    assert influence.dropped + influence.relabelled == budget
+    assert random.dropped == budget and random.relabelled == 0
+    assert oracle.relabelled == oracle.relabelled_to_truth > 0
+    assert (workdir / "results/clean/comparison.png").stat().st_size > 0

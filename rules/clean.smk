@@ -1,0 +1,137 @@
+# Close the loop: an editable review file of the top mislabel candidates, training sets cleaned
+# with it (and, on the same budget, by an oracle and at random), a retrained model per cleaned
+# set, and the before/after comparison. Editing results/clean/review.csv reruns only the
+# influence branch (clean_manifest, retrain, predict_clean) and the comparison.
+
+
+rule review:
+    input:
+        ranking="results/mislabel/ranking.parquet",
+    output:
+        "results/clean/review.csv",
+    params:
+        budget=config["clean"]["budget"],
+        relabel_confidence=config["clean"]["relabel_confidence"],
+    log:
+        "logs/clean/review.log",
+    benchmark:
+        "benchmarks/clean/review.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/review.py"
+
+
+rule clean_manifest:
+    input:
+        unpack(clean_inputs),
+    output:
+        ensure("results/clean/{variant}/manifest.parquet", non_empty=True),
+    params:
+        budget=config["clean"]["budget"],
+        seed=config["seed"],
+    log:
+        "logs/clean/{variant}/clean_manifest.log",
+    benchmark:
+        "benchmarks/clean/{variant}/clean_manifest.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/clean_manifest.py"
+
+
+rule retrain:
+    input:
+        images="results/data/images.npy",
+        manifest="results/clean/{variant}/manifest.parquet",
+    output:
+        best="results/clean/{variant}/best.pt",
+        metrics=ensure("results/clean/{variant}/metrics.parquet", non_empty=True),
+    params:
+        model=config["model"],
+        train=config["train"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/clean/{variant}/retrain.log",
+    benchmark:
+        "benchmarks/clean/{variant}/retrain.tsv"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/retrain.py"
+
+
+rule predict_clean:
+    input:
+        images="results/data/images.npy",
+        manifest="results/clean/{variant}/manifest.parquet",
+        best="results/clean/{variant}/best.pt",
+    output:
+        predictions=ensure("results/clean/{variant}/predictions.parquet", non_empty=True),
+        false_predictions="results/clean/{variant}/false_predictions.csv",
+    params:
+        device=config["device"],
+    log:
+        "logs/clean/{variant}/predict.log",
+    benchmark:
+        "benchmarks/clean/{variant}/predict.tsv"
+    threads: 2
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+        batch_size=config["factors"]["batch_size"],
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/predict.py"
+
+
+rule clean_comparison:
+    input:
+        manifest="results/data/manifest.parquet",
+        baseline="results/predictions/predictions.parquet",
+        manifests=expand("results/clean/{variant}/manifest.parquet", variant=CLEAN_VARIANTS),
+        predictions=expand("results/clean/{variant}/predictions.parquet", variant=CLEAN_VARIANTS),
+    output:
+        table=report(
+            "results/clean/comparison.csv",
+            caption="../report/clean_comparison.rst",
+            category="6. Cleaning and retraining",
+            labels={"item": "comparison table"},
+        ),
+        plot=report(
+            "results/clean/comparison.png",
+            caption="../report/clean_comparison.rst",
+            category="6. Cleaning and retraining",
+            labels={"item": "comparison plot"},
+        ),
+    params:
+        variants=CLEAN_VARIANTS,
+    log:
+        "logs/clean/comparison.log",
+    benchmark:
+        "benchmarks/clean/comparison.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/clean_comparison.py"

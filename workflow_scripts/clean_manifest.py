@@ -1,0 +1,13 @@
+from inflow.cleaning import clean_manifest
+from inflow.smk import run
+
+run(
+    snakemake,
+    clean_manifest,
+    variant=snakemake.wildcards.variant,
+    manifest_path=snakemake.input.manifest,
+    review_path=snakemake.input.get("review"),
+    budget=snakemake.params.budget,
+    seed=snakemake.params.seed,
+    manifest_out=snakemake.output[0],
+)
