@@ -226,7 +226,7 @@ class Trajectory:
         final: the state after the last step ``T``.
         checkpoint_every: ``k``.
         losses: ``(T,)`` mean batch loss of every step (at ``w``).
-        seconds: wall-clock training time.
+        seconds: wall-clock training time; cpu_seconds: its process CPU time (all threads).
     """
 
     snapshots: dict[int, State]
@@ -235,6 +235,7 @@ class Trajectory:
     losses: Tensor
     seconds: float = 0.0
     drift: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
 
 class FunctionalModel:
@@ -300,20 +301,32 @@ class FunctionalModel:
             return torch.zeros(0, dtype=self.dtype, device=self.device)
         return torch.cat([torch.full((c,), f, dtype=self.dtype, device=self.device) for c, f in zip(sizes, factors)])
 
-    def _scratch_buffers(self) -> dict[str, Tensor]:
-        """Throw-away copies of the BatchNorm buffers: nn.BatchNorm updates them in place in train mode."""
+    def _buffers(self, bn: Tensor | None = None, step: int = 0) -> dict[str, Tensor]:
+        """BatchNorm buffers for ``functional_call``: copies of the running statistics ``bn (S,)``
+        (default: the module's) and ``num_batches_tracked = step``; nn.BatchNorm updates them in place in train mode."""
+        per_layer = self.split_stats(bn.detach()) if bn is not None else [(m.running_mean, m.running_var) for _, m in self.bn]
         out = {}
-        for name, m in self.bn:
+        for (name, m), (mean, var) in zip(self.bn, per_layer):
             prefix = f"{name}." if name else ""
-            out[prefix + "running_mean"] = m.running_mean.detach().clone()
-            out[prefix + "running_var"] = m.running_var.detach().clone()
+            out[prefix + "running_mean"] = mean.detach().clone()
+            out[prefix + "running_var"] = var.detach().clone()
             if m.num_batches_tracked is not None:
-                out[prefix + "num_batches_tracked"] = m.num_batches_tracked.detach().clone()
+                out[prefix + "num_batches_tracked"] = torch.tensor(step, dtype=torch.long, device=mean.device)
         return out
 
-    # -- forwards --------------------------------------------------------------------------
+    def train_forward(self, theta: Tensor, bn: Tensor, step: int, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Train-mode weighted batch loss ``sum(w * l) / b`` (differentiable in ``theta``) and the
+        running statistics after this step ``(S,)``, as nn.BatchNorm updates them (values only)."""
+        self.model.train()
+        buffers = self._buffers(bn, step)
+        logits = functional_call(self.model, {**self.unflatten(theta), **buffers}, (x,))
+        loss = (w * self.loss_fn(logits, y)).sum() / len(y)
+        names = [f"{n}." if n else "" for n, _ in self.bn]
+        bn_next = torch.cat([buffers[p + key].reshape(-1) for p in names for key in ("running_mean", "running_var")]) if self.bn else bn.detach().clone()
+        return loss, bn_next
+
     def train_loss(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        """Train-mode weighted batch loss and BatchNorm batch statistics.
+        """Train-mode weighted batch loss and BatchNorm batch statistics, both differentiable in ``theta`` (for the reverse pass).
 
         Args:
             theta: ``(P,)`` parameters. x: ``(b, ...)`` inputs. y: ``(b,)`` labels.
@@ -335,7 +348,7 @@ class FunctionalModel:
 
         self.model.train()
         with _hooks([m.register_forward_pre_hook(_bind(capture, j)) for j, (_, m) in enumerate(self.bn)]):
-            logits = functional_call(self.model, {**self.unflatten(theta), **self._scratch_buffers()}, (x,))
+            logits = functional_call(self.model, {**self.unflatten(theta), **self._buffers()}, (x,))
         loss = (w * self.loss_fn(logits, y)).sum() / len(y)
         if len(stats) != len(self.bn):
             raise InflowError("replay: a BatchNorm layer was not called in the training forward; not supported")
@@ -358,7 +371,7 @@ class FunctionalModel:
         self.model.eval()
         try:
             with _hooks([m.register_forward_hook(_bind(explicit, j)) for j, (_, m) in enumerate(self.bn)]):
-                return functional_call(self.model, {**self.unflatten(theta), **self._scratch_buffers()}, (x,))
+                return functional_call(self.model, {**self.unflatten(theta), **self._buffers(bn)}, (x,))
         finally:
             self.model.train()
 
@@ -413,14 +426,12 @@ def train_step(fm: FunctionalModel, opt: Optimizer, state: State, x: Tensor, y: 
     """One replayable step: returns the next :class:`State` and the batch loss at ``state``."""
     theta = state.theta.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss, stats = fm.train_loss(theta, x, y, w)
+        loss, bn = fm.train_forward(theta, state.bn, state.step, x, y, w)
         (g,) = torch.autograd.grad(loss, theta)
     if not torch.isfinite(loss):
         raise InflowError(f"replay: loss became {loss.item()} at step {state.step}; lower replay.lr")
     with torch.no_grad():
         theta_next, buffers = opt.step(state.theta, state.opt, g, lr, state.step)
-        m = fm.stat_factors(state.step)
-        bn = (1 - m) * state.bn + m * stats.detach()
     return State(theta_next, buffers, bn, state.step + 1), float(loss.detach())
 
 
@@ -457,7 +468,7 @@ def train(
     state = fm.initial_state(opt) if state is None else state
     snapshots: dict[int, State] = {}
     losses: list[float] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while state.step < len(schedule):
         if state.step % checkpoint_every == 0:
             snapshots[state.step] = state
@@ -466,7 +477,8 @@ def train(
         losses.append(loss)
         if progress is not None:
             progress(state.step, loss)
-    return Trajectory(snapshots, state, checkpoint_every, torch.tensor(losses, dtype=torch.float64), time.perf_counter() - t0)
+    return Trajectory(snapshots, state, checkpoint_every, torch.tensor(losses, dtype=torch.float64), time.perf_counter() - t0,
+                      cpu_seconds=time.process_time() - c0)
 
 
 # -- reverse: the metagradient ---------------------------------------------------------------

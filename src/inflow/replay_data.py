@@ -161,7 +161,7 @@ def load_replay(path: str, device: torch.device) -> tuple[dict[str, Any], Functi
     traj = Trajectory(
         snapshots={int(k): State.from_dict(v, device) for k, v in payload["snapshots"].items()},
         final=State.from_dict(payload["final"], device), checkpoint_every=payload["checkpoint_every"],
-        losses=payload["losses"], seconds=payload["train_seconds"],
+        losses=payload["losses"], seconds=payload["train_seconds"], cpu_seconds=payload.get("train_cpu_seconds", 0.0),
     )
     return payload, fm, optimizer_from_record(payload["optimizer"]), schedule, traj
 
@@ -193,7 +193,7 @@ def train_replay(
             log.info("step %d/%d (epoch %d): batch loss %.4f", step, len(schedule), math.ceil(step / steps_per_epoch), loss)
 
     traj = train(fm, opt, x, y, schedule, checkpoint_every=replay_cfg["checkpoint_every"], progress=progress)
-    log.info("replay training took %.1fs (%.3fs per step); peak RSS %.0f MB", traj.seconds, traj.seconds / len(schedule), peak_rss_mb())
+    log.info("replay training took %.1fs (%.3fs per step; %.1f CPU seconds); peak RSS %.0f MB", traj.seconds, traj.seconds / len(schedule), traj.cpu_seconds, peak_rss_mb())
 
     train_pred = predict_state(fm, traj.final, x, y)
     x_test, y_test = split_tensor(test_set, device, fm.dtype)
@@ -210,7 +210,7 @@ def train_replay(
         "schedule": {"rows": torch.cat(schedule.batches), "offsets": torch.as_tensor(offsets), "lrs": schedule.lrs,
                      "flips": None if schedule.flips is None else torch.cat(schedule.flips)},
         "snapshots": {k: s.to_dict() for k, s in traj.snapshots.items()}, "final": traj.final.to_dict(),
-        "checkpoint_every": traj.checkpoint_every, "losses": traj.losses, "train_seconds": traj.seconds,
+        "checkpoint_every": traj.checkpoint_every, "losses": traj.losses, "train_seconds": traj.seconds, "train_cpu_seconds": traj.cpu_seconds,
         "train_ids": torch.as_tensor(train_set.sample_ids), "seed": seed,
     })
     write_table(targets, targets_out, metadata={"objective": replay_cfg["objective"], "targets": replay_cfg["targets"]})
@@ -244,7 +244,7 @@ def replay_targets(
     rows_t = torch.as_tensor(rows, device=device)
     T = len(schedule)
     log.info("replaying %d steps backwards for %d targets %s (objective %s)", T, len(rows), targets.test_id.tolist(), objective)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     def progress(done: int) -> None:
         if done % max(1, T // 10) == 0 or done == T:
@@ -252,12 +252,13 @@ def replay_targets(
 
     f, scores = metagradients(fm, opt, x, y, schedule, traj, x_test[rows_t], y_test[rows_t], make_objective(objective, fm.loss_fn),
                               batched=batched, progress=progress)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     meta.update({"replay_seconds": seconds, "seconds_per_target": seconds / len(rows), "ratio_per_target": seconds / len(rows) / traj.seconds,
+                 "replay_cpu_seconds": cpu, "train_cpu_seconds": traj.cpu_seconds, "cpu_ratio_per_target": cpu / len(rows) / max(traj.cpu_seconds, 1e-9),
                  "peak_rss_mb": peak_rss_mb(), "recompute_drift": traj.drift.get("max_abs", 0.0),
                  "target_values": dict(zip(map(str, targets.test_id.tolist()), f.cpu().tolist()))})
-    log.info("replay of %d targets took %.1fs: %.1fs per target = %.2fx the replay training (%.1fs); peak RSS %.0f MB; recompute drift %.3g",
-             len(rows), seconds, meta["seconds_per_target"], meta["ratio_per_target"], traj.seconds, meta["peak_rss_mb"], meta["recompute_drift"])
+    log.info("replay of %d targets took %.1fs: %.1fs per target = %.2fx the replay training (%.1fs); in CPU time %.2fx; peak RSS %.0f MB; recompute drift %.3g",
+             len(rows), seconds, meta["seconds_per_target"], meta["ratio_per_target"], traj.seconds, meta["cpu_ratio_per_target"], meta["peak_rss_mb"], meta["recompute_drift"])
     grad = scores.cpu().numpy()
     k, n = grad.shape
     write_table(pd.DataFrame({
@@ -289,6 +290,7 @@ def merge_replay(group_paths: list[str], top_k: int, scores_out: str, topk_out: 
         "train_seconds": metas[0].get("train_seconds"),
         "replay_seconds": float(sum(m["replay_seconds"] for m in done)),
         "ratio_per_target": [m["ratio_per_target"] for m in done],
+        "cpu_ratio_per_target": [m.get("cpu_ratio_per_target") for m in done],
         "peak_rss_mb": max((m["peak_rss_mb"] for m in done), default=None),
         "recompute_drift": max((m["recompute_drift"] for m in done), default=0.0),
     }
