@@ -7,6 +7,7 @@ so a killed job never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -23,9 +24,16 @@ from inflow.errors import InflowError
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    The temporary name is ``.<name>.<random>.part``. A killed job (SIGKILL, power loss of the
+    node) can leave one behind, never a partial ``path``; the next write of ``path`` removes
+    such leftovers (only one job ever writes a given output).
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.part"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
     os.close(fd)
     tmp_path = Path(tmp)

@@ -83,12 +83,13 @@ def tile_topk(
     ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``.
     """
     _, r = parse_tile(tile)
-    by_split: dict[str, list[str]] = {"train": [train_factors]}
+    by_split: dict[str, list[str]] = {}
     for path in checkpoint_factors or []:
         if path != train_factors:
             by_split.setdefault(str(read_factor_meta(path).get("split")), []).append(path)
+    by_split.setdefault("train", []).append(train_factors)
     for paths in by_split.values():
-        check_same_samples(paths)
+        check_same_samples(paths[-1:] + paths[:-1])  # against the last checkpoint's file, which defines the rows
     train_ids = read_factor_ids(train_factors)
     if k > len(train_ids):
         raise InflowError(f"influence.top_k={k} is larger than the training set ({len(train_ids)} samples in {train_factors}); lower influence.top_k")

@@ -1,0 +1,133 @@
+"""Hand-edited configs: every mistake gives one line naming the key and the fix, before any job runs."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from conftest import REPO
+from inflow.config import schema_errors, semantic_errors
+
+SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
+TINY_PATH = REPO / "tests" / "configs" / "tiny.yaml"
+TINY = yaml.safe_load(TINY_PATH.read_text())
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def errors_of(over: dict) -> list[str]:
+    """What common.smk reports for the tiny config with ``over`` applied: schema lines, else semantic lines."""
+    cfg = merge(TINY, over)
+    lines = schema_errors(cfg, SCHEMA)
+    if lines:
+        return lines
+    validate(cfg, SCHEMA, set_default=True)
+    return semantic_errors(cfg)
+
+
+# (override of tests/configs/tiny.yaml, the one expected line)
+BAD = {
+    "unknown top-level key": ({"sede": 1}, "(top level): Additional properties are not allowed ('sede' was unexpected); allowed keys here:"),
+    "unknown key, typo": ({"train": {"lr_haed": 0.1}}, "train: Additional properties are not allowed ('lr_haed' was unexpected); allowed keys here: augment,"),
+    "unknown nested key": ({"dataset": {"synthetic": {"n_val": 5}}}, "dataset.synthetic: Additional properties are not allowed ('n_val' was unexpected)"),
+    "key in the wrong section": ({"dataset": {"test_fraction": 0.3}}, "dataset: Additional properties are not allowed ('test_fraction' was unexpected)"),
+    "string for integer": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'; give a whole number (default: 12)"),
+    "float for integer": ({"train": {"epochs": 2.0}}, "train.epochs: 2.0 is not of type 'integer'; give a whole number (default: 12)"),
+    "bool for integer": ({"seed": True}, "seed: True is not of type 'integer'; give a whole number"),
+    "string for number": ({"train": {"lr_head": "1e-3x"}}, "train.lr_head: '1e-3x' is not of type 'number'; give a number (default: 0.001)"),
+    "string for bool": ({"train": {"augment": "yes please"}}, "train.augment: 'yes please' is not of type 'boolean'; give true or false (default: True)"),
+    "scalar for list": ({"train": {"checkpoint_epochs": 3}}, "train.checkpoint_epochs: 3 is not of type 'array'; give a list (default: [3, 6, 9, 12])"),
+    "string in list": ({"train": {"checkpoint_epochs": [2, "three"]}}, "train.checkpoint_epochs.1: 'three' is not of type 'integer'; give a whole number"),
+    "empty section": ({"influence": None}, "influence: None is not of type 'object'; put the settings indented below this key, or delete the line"),
+    "zero epochs": ({"train": {"epochs": 0, "checkpoint_epochs": [1]}}, "train.epochs: 0 is less than the minimum of 1; use a value >= 1 (default: 12)"),
+    "negative batch size": ({"train": {"batch_size": -32}}, "train.batch_size: -32 is less than the minimum of 1; use a value >= 1 (default: 64)"),
+    "zero factor batch size": ({"factors": {"batch_size": 0}}, "factors.batch_size: 0 is less than the minimum of 1; use a value >= 1"),
+    "zero image size": ({"dataset": {"image_size": 0}}, "dataset.image_size: 0 is less than the minimum of 8; use a value >= 8 (default: 32)"),
+    "zero top_k": ({"influence": {"top_k": 0}}, "influence.top_k: 0 is less than the minimum of 1; use a value >= 1 (default: 20)"),
+    "negative tiles": ({"influence": {"train_tiles": -1}}, "influence.train_tiles: -1 is less than the minimum of 1"),
+    "zero memory": ({"influence": {"memory_mb": 0}}, "influence.memory_mb: 0 is less than the minimum of 16; use a value >= 16"),
+    "zero width": ({"model": {"width": 0}}, "model.width: 0 is less than the minimum of 1"),
+    "negative seed": ({"seed": -1}, "seed: -1 is less than the minimum of 0; use a value >= 0"),
+    "zero learning rate": ({"train": {"lr_head": 0}}, "train.lr_head: 0 is less than or equal to the minimum of 0; use a value > 0"),
+    "too few training images": ({"dataset": {"synthetic": {"n_train": 5}}}, "dataset.synthetic.n_train: 5 is less than the minimum of 20; use a value >= 20"),
+    "checkpoint epoch zero": ({"train": {"checkpoint_epochs": [0, 3]}}, "train.checkpoint_epochs.0: 0 is less than the minimum of 1"),
+    "fraction out of range": ({"dataset": {"noise_rate": 1.5}}, "dataset.noise_rate: 1.5 is greater than the maximum of 0.9; use a value <= 0.9"),
+    "test_fraction of 1": ({"dataset": {"imagefolder": {"test_fraction": 1.0}}}, "dataset.imagefolder.test_fraction: 1.0 is greater than or equal to the maximum of 1; use a value < 1"),
+    "unknown choice": ({"device": "gpu"}, "device: 'gpu' is not one of ['auto', 'cpu', 'cuda']; use one of auto, cpu, cuda"),
+    "unknown signal": ({"mislabel": {"score": ["self_influence", "margin"]}}, "mislabel.score.1: 'margin' is not one of"),
+    "repeated checkpoints": ({"train": {"checkpoint_epochs": [2, 2]}}, "train.checkpoint_epochs: [2, 2] has non-unique elements; list each value once"),
+    "no checkpoints": ({"train": {"checkpoint_epochs": []}}, "train.checkpoint_epochs: [] should be non-empty; list at least 1 value(s)"),
+    # semantic checks (after the schema passes)
+    "checkpoint beyond epochs": ({"train": {"checkpoint_epochs": [2, 5]}}, "train.checkpoint_epochs: [5] are beyond train.epochs=3; remove them or raise train.epochs"),
+    "warm-up covers all epochs": ({"train": {"warmup_epochs": 3}}, "train.warmup_epochs=3 leaves no full-training epoch (train.epochs=3); lower it"),
+    "top_k beyond training set": ({"influence": {"top_k": 221}}, "influence.top_k=221 is larger than the training set (220 images); lower influence.top_k"),
+    "more train tiles than samples": ({"influence": {"train_tiles": 500}}, "influence.train_tiles=500 is more than the 220 training images; lower it"),
+    "more test tiles than samples": ({"influence": {"test_tiles": 41}}, "influence.test_tiles=41 is more than the 40 test images; lower it"),
+    "absurd learning rate": ({"train": {"lr_head": 1e38}}, "train.lr_head=1e+38 is far too large for AdamW (training diverges to NaN); use a value <= 1"),
+    "image folder without path": ({"dataset": {"source": "imagefolder"}}, "dataset.imagefolder.path: not set; give the folder of class folders, or use dataset.source: synthetic"),
+    "image folder path missing": ({"dataset": {"source": "imagefolder", "imagefolder": {"path": "/no/such/folder"}}},
+                                  "dataset.imagefolder.path: /no/such/folder does not exist; give the folder that holds one folder per class"),
+    "image folder path is a file": ({"dataset": {"source": "imagefolder", "imagefolder": {"path": str(REPO / "README.md")}}},
+                                    f"dataset.imagefolder.path: {REPO / 'README.md'} is a file, not a directory"),
+    "pretrained weights missing": ({"model": {"pretrained_weights": "/models/nope.pth"}}, "model.pretrained_weights: /models/nope.pth does not exist; give a local .pth file or null"),
+}
+
+
+def test_tiny_config_is_clean() -> None:
+    assert errors_of({}) == []
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_config_gives_one_line_naming_the_key(case) -> None:
+    over, expected = BAD[case]
+    errors = errors_of(over)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(expected), errors[0]
+    assert "\n" not in errors[0]
+
+
+def test_top_k_equal_to_the_training_set_is_fine() -> None:
+    assert errors_of({"influence": {"top_k": 220}}) == []  # tiny: 280 images, 10 classes, 4 test + 2 val + 22 train each
+
+
+def test_typo_gets_a_suggestion() -> None:
+    (line,) = errors_of({"train": {"lr_haed": 0.1}})
+    assert line.endswith("did you mean 'lr_head' for 'lr_haed'?; remove or rename the unknown key")
+
+
+def test_several_problems_are_listed_together() -> None:
+    lines = errors_of({"train": {"epochs": 0, "bogus": 1}, "influence": {"top_k": -1}})
+    assert [line.split(":")[0] for line in lines] == ["influence.top_k", "train", "train.epochs"]
+
+
+def dry_run(tmp_path, text: str) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    # -n: should a check ever let the config through, nothing runs (the config is validated when the Snakefile is read, as for a real run)
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "run"), "--configfile", str(TINY_PATH), str(cfg),
+                           "--cores", "1", "-n"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+def test_workflow_stops_before_any_job(tmp_path) -> None:
+    """Through snakemake: schema and semantic problems stop it at start-up, with no traceback into the package."""
+    proc = dry_run(tmp_path, "train:\n  epochs: 2.0\n  lr_haed: 0.1\n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "train.epochs: 2.0 is not of type 'integer'; give a whole number" in out
+    assert "did you mean 'lr_head' for 'lr_haed'?" in out
+    assert not (tmp_path / "run" / "results").exists() and not (tmp_path / "run" / "logs").exists()
+    proc = dry_run(tmp_path, "influence:\n  top_k: 500\n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "influence.top_k=500 is larger than the training set (220 images); lower influence.top_k" in out
+    assert "inflow/" not in out  # no traceback through package files
+    assert not (tmp_path / "run" / "results").exists()
