@@ -21,6 +21,7 @@ include: "rules/influence.smk"
 include: "rules/mislabel.smk"
 include: "rules/clean.smk"
 include: "rules/replay.smk"
+include: "rules/lds.smk"
 include: "rules/report.smk"
 
 

@@ -70,6 +70,7 @@ def all_outputs():
         class_dashboards,
         test_sample_grids,
         *replay_outputs(),
+        *lds_outputs(),
         *clean_outputs(),
     ]
 
@@ -170,3 +171,36 @@ def scaled(base):
         return base * attempt
 
     return value
+
+
+# LDS validation (rules/lds.smk): subset models trained with the main recipe, off unless lds.enabled.
+LDS_MODELS = [str(m) for m in range(config["lds"]["n_models"])]
+
+
+def lds_outputs():
+    """What `snakemake` builds for the LDS validation: nothing unless lds.enabled."""
+    if not config["lds"]["enabled"]:
+        return []
+    return ["results/lds/lds.json", "results/lds/lds_scatter.png"]
+
+
+def lds_model_outputs(wildcards=None):
+    """Every subset model's outputs on the test samples, model order."""
+    return expand("results/lds/models/model_{model}/test_outputs.parquet", model=LDS_MODELS)
+
+
+def lds_factor_files(split):
+    """Factor files of ``split`` at every checkpoint, epoch order (summed TracIn adds them up)."""
+    return expand("results/factors/epoch_{ckpt}/{split}.parquet", ckpt=CKPTS, split=split)
+
+
+def lds_train_settings():
+    """Training config of the subset models: the main recipe, with lds.epochs when set.
+
+    Checkpoint epochs are left out (a subset model keeps only its final model), so adding a
+    TracIn checkpoint does not retrain the subset models.
+    """
+    train = {key: value for key, value in config["train"].items() if key != "checkpoint_epochs"}
+    if config["lds"]["epochs"] is not None:
+        train["epochs"] = config["lds"]["epochs"]
+    return train
