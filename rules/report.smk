@@ -444,3 +444,12 @@ rule grid_mislabel_candidates:
         "../envs/inflow.yaml"
     script:
         "../workflow_scripts/grid_mislabel_candidates.py"
+
+
+# The whole report stage and nothing after it (cleaning, replay): `snakemake review_report`.
+rule review_report:
+    input:
+        REPORT_OUTPUTS,
+        class_dashboards,
+        test_sample_grids,
+    localrule: True
