@@ -78,6 +78,12 @@ def test_apply_review_drops_and_relabels() -> None:
     assert out.set_index("sample_id").loc[6].label == 1  # kept as given
 
 
+def test_review_with_drops_only_keeps_label_dtypes() -> None:
+    m = manifest()
+    out = apply_review(m, pd.DataFrame({"sample_id": [1], "suggested_label": ["dog"], "action": ["drop"]}), CLASSES)
+    assert len(out) == 9 and out.label.dtype == m.label.dtype
+
+
 def test_oracle_fixes_only_flipped_labels_up_to_the_budget() -> None:
     m = manifest()
     out = oracle_fix(m, 2, seed=0)

@@ -118,8 +118,9 @@ def apply_review(manifest: pd.DataFrame, review: pd.DataFrame, class_names: list
     relabel = review[review.action == "relabel"].set_index("sample_id").suggested_label
     index = {name: i for i, name in enumerate(class_names)}
     hit = out.sample_id.isin(relabel.index)
-    out.loc[hit, "label_name"] = out.loc[hit, "sample_id"].map(relabel).to_numpy()
-    out.loc[hit, "label"] = out.loc[hit, "label_name"].map(index).to_numpy()
+    if hit.any():
+        out.loc[hit, "label_name"] = out.loc[hit, "sample_id"].map(relabel).to_numpy()
+        out.loc[hit, "label"] = out.loc[hit, "label_name"].map(index).to_numpy(dtype=np.int64)
     return out[~out.sample_id.isin(drop)].reset_index(drop=True)
 
 
