@@ -59,7 +59,11 @@ def run(snakemake: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 def set_threads(threads: int) -> None:
-    """Let torch use the cores Snakemake gave the job."""
-    import torch
+    """Let torch use the cores Snakemake gave the job.
 
-    torch.set_num_threads(max(1, int(threads)))
+    Only where the rule's module already imported torch: importing it costs seconds, and
+    table and picture rules do not need it.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, int(threads)))
