@@ -1,0 +1,166 @@
+"""A run killed mid-way resumes to exactly the results of an uninterrupted run; nothing is half-written.
+
+The tiny config runs twice from scratch: once uninterrupted (the reference), once killed with
+SIGKILL (snakemake and all its jobs: the whole process group) during training and again
+during the influence shards, then resumed. The two runs' top-k tables and mislabel rankings
+must be identical, which also shows that two runs from scratch with one seed agree on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import REPO
+
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+# Only what the comparison needs: keeps the test independent of report/replay rules.
+TARGETS = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/mislabel/ranking.parquet"]
+COMPARED = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/self_influence.parquet",
+            "results/mislabel/ranking.parquet"]
+TIMEOUT = 900
+
+
+def command(workdir: Path, *args: str) -> list[str]:
+    # Same invocation as tests/test_workflow.py: -s picks up profiles/default (rerun-incomplete) beside the Snakefile.
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(TINY), "--cores", "2", *args]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command(workdir, *args), capture_output=True, text=True, cwd=workdir, timeout=TIMEOUT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_until_killed(workdir: Path, ready) -> str:
+    """Start snakemake in its own session, SIGKILL its whole process group once ``ready()``; return its output."""
+    out = workdir / f"killed_{time.monotonic_ns()}.txt"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(command(workdir, *TARGETS), cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not ready():
+                if proc.poll() is not None:
+                    raise AssertionError(f"snakemake ended (rc {proc.returncode}) before the kill point:\n{out.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError("kill point not reached in time")
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out.read_text()
+
+
+def text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def check_no_partial_files(workdir: Path) -> list[str]:
+    """Every visible file under results/ must be complete and readable; returns the hidden temp files found."""
+    hidden = []
+    for f in sorted((workdir / "results").rglob("*")):
+        if not f.is_file():
+            continue
+        if f.name.startswith("."):
+            hidden.append(str(f.relative_to(workdir)))
+            continue
+        if f.suffix == ".parquet":
+            pq.read_table(f)
+        elif f.suffix == ".npy":
+            np.load(f)
+        elif f.suffix == ".npz":
+            with np.load(f) as z:
+                [z[k] for k in z.files]
+        elif f.suffix == ".pt":
+            torch.load(f, weights_only=True)
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix == ".csv":
+            pd.read_csv(f)
+    return hidden
+
+
+def unlock_after_kill(workdir: Path) -> None:
+    """The next snakemake refuses with a one-line hint to run --unlock (a killed run leaves its lock); do that."""
+    locked = snakemake(workdir, *TARGETS, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr, locked.stdout + locked.stderr
+    snakemake(workdir, "--unlock")
+
+
+def read_results(workdir: Path) -> dict[str, pd.DataFrame]:
+    return {rel: pd.read_parquet(workdir / rel) for rel in COMPARED}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run from scratch, started in the background so that it runs alongside the
+    killed run (jobs mostly use one core while they start); call the fixture's value for its results."""
+    wd = tmp_path_factory.mktemp("reference")
+    with open(wd / "snakemake.txt", "w") as out:
+        proc = subprocess.Popen(command(wd, *TARGETS), cwd=wd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def results() -> dict:
+            assert proc.wait(timeout=TIMEOUT) == 0, (wd / "snakemake.txt").read_text()[-5000:]
+            res: dict = read_results(wd)
+            res["metrics"] = json.loads((wd / "results/mislabel/mislabel_metrics.json").read_text())
+            return res
+
+        yield results
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_killed_runs_resume_to_identical_results(reference, tmp_path) -> None:
+    wd = tmp_path
+
+    # 1. Kill during training, after the epoch-2 checkpoint was written and while epoch 3 runs.
+    run_until_killed(wd, lambda: "epoch 3: " in text(wd / "logs/train.log"))
+    assert "rule train: done" not in text(wd / "logs/train.log")
+    assert not (wd / "results/train/metrics.parquet").exists()
+    assert (wd / "results/train/checkpoints/epoch_2.pt").exists()  # the killed job had written part of its outputs
+    check_no_partial_files(wd)
+
+    # 2. Resume; kill again once one influence shard is done and another has started.
+    unlock_after_kill(wd)
+
+    def shards_underway() -> bool:
+        logs = list((wd / "logs/influence_shard").glob("*.log"))
+        return len(logs) >= 2 and any("done in" in text(f) for f in logs)
+
+    run_until_killed(wd, shards_underway)
+    assert "rule train: done" in text(wd / "logs/train.log")  # the first resume retrained from scratch
+    assert not (wd / "results/influence/topk.parquet").exists()
+    done_shards = [p for p in (wd / "results/influence/shards").rglob("*.npy") if not p.name.startswith(".")]
+    assert 1 <= len(done_shards) < 8
+    check_no_partial_files(wd)
+    finished = {p: p.stat().st_mtime_ns for p in [*(wd / "results/train").rglob("*"), *(wd / "results/factors").rglob("*")]
+                if p.is_file() and not p.name.startswith(".")}
+
+    # 3. Resume to the end: only the unfinished jobs run, and the results equal the uninterrupted run's.
+    snakemake(wd, "--unlock")
+    final = snakemake(wd, *TARGETS)
+    log = final.stdout + final.stderr
+    assert not re.search(r"^\s*(local)?rule train:", log, re.M), log[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished checkpoints and factors were kept, not redone
+    assert len(re.findall(r"^\s*(local)?rule influence_shard:", log, re.M)) == 8 - len(done_shards)
+    results, expected = read_results(wd), reference()
+    for rel in COMPARED:
+        pd.testing.assert_frame_equal(results[rel], expected[rel], check_exact=True, obj=rel)
+    assert json.loads((wd / "results/mislabel/mislabel_metrics.json").read_text()) == expected["metrics"]
+    assert check_no_partial_files(wd) == []  # leftover temp files of killed jobs are cleaned up by the rerun
