@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ from inflow.checkpoints import save_checkpoint
 from inflow.errors import InflowError
 from inflow.factors import extract_factors, write_factors
 from inflow.influence import influence_shard
-from inflow.io import read_table, save_npy, write_json, write_table
+from inflow.io import read_table, save_npy, write_table
 from inflow.mislabel import rank_mislabels
 from inflow.models import build_model
 from inflow.prepare import prepare_data
@@ -44,10 +43,6 @@ def run(tmp_path_factory):
             extract_factors(str(d / "images.npy"), str(d / "manifest.parquet"), str(d / f"epoch_{epoch}.pt"), str(d / f"epoch_{epoch}.json"),
                             split, LOSS, True, 64, "cpu", str(d / f"f{epoch}_{split}.parquet"))
     return d
-
-
-def factors(run, name, split, epoch=1):
-    return str(run / f"f{epoch}_{split}.parquet") if name is None else name
 
 
 def extract(run, tmp_path, ckpt=None, side=None, split="train"):
@@ -150,7 +145,6 @@ def test_mismatched_test_and_train_factors_stop(run, tmp_path, test_over, messag
 
 def test_factors_of_another_checkpoint_stop(run, tmp_path) -> None:
     """Real factor files of two checkpoints of the same epoch number: the weight fingerprints differ."""
-    shutil.copy(run / "f2_test.parquet", tmp_path / "test.parquet")
     rewrite(run / "f2_test.parquet", tmp_path / "test.parquet", epoch=1, checkpoint=str(run / "epoch_1.pt"))
     with pytest.raises(InflowError, match=r"\(model [0-9a-f]+ vs [0-9a-f]+\); delete both and rerun the factors rule"):
         shard(tmp_path / "test.parquet", run / "f1_train.parquet", tmp_path)

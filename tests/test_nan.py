@@ -11,7 +11,6 @@ from inflow.checkpoints import save_checkpoint
 from inflow.errors import InflowError
 from inflow.factors import extract_factors, write_factors
 from inflow.influence import influence_shard
-from inflow.io import write_json
 from inflow.models import build_model
 from inflow.prepare import prepare_data
 from inflow.selfinfluence import self_influence
