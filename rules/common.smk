@@ -52,6 +52,11 @@ def train_factor_files(wildcards=None):
     return expand("results/factors/epoch_{ckpt}/train.parquet", ckpt=CKPTS)
 
 
+def all_factor_files(wildcards=None):
+    """Test and train factor files of every checkpoint (checked to list the same samples)."""
+    return expand("results/factors/epoch_{ckpt}/{split}.parquet", ckpt=CKPTS, split=FACTOR_SPLITS)
+
+
 def last_factors(split):
     """Factor file of ``split`` at the last checkpoint (its sample ids define tile rows)."""
     return f"results/factors/epoch_{CKPTS[-1]}/{split}.parquet"

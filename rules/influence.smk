@@ -27,6 +27,7 @@ rule tile_topk:
     input:
         shards=shards_of_tile,
         train_factors=last_factors("train"),
+        checkpoint_factors=all_factor_files,
     output:
         temp("results/influence/tiles/tile_{tile}.npz"),
     params:

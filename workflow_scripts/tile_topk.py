@@ -12,4 +12,5 @@ run(
     out_path=snakemake.output[0],
     memory_mb=snakemake.resources.work_mb,
     device_name=snakemake.params.device,
+    checkpoint_factors=list(snakemake.input.checkpoint_factors),
 )

@@ -52,7 +52,7 @@ def predict(images_path: str, manifest_path: str, checkpoint_path: str, batch_si
     """Predict train/val/test with the best model; write all predictions and the test errors."""
     device = resolve_device(device_name)
     manifest, class_names = load_manifest(manifest_path)
-    model = load_checkpoint(checkpoint_path, device)
+    model = load_checkpoint(checkpoint_path, device, num_classes=len(class_names))
     tables = []
     for split in ("train", "val", "test"):
         data = load_split(images_path, manifest, split)
