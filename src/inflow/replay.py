@@ -43,7 +43,7 @@ are looped (or vmapped with ``is_grads_batched``), sharing the step's forward an
 The reverse pass needs the state before every step: :func:`train` keeps the full state every
 ``checkpoint_every`` steps and :func:`metagradients` recomputes each segment forward from its
 snapshot (one extra training pass in all), checking that the recomputed trajectory reproduces
-the next snapshot bit for bit (``Trajectory.drift``).
+the next snapshot bit for bit (``Trajectory.replay_stats['max_abs_drift']``).
 
 Supported: any ``nn.Module`` whose forward is deterministic and whose only mutable state is
 BatchNorm running statistics (BatchNorm1d/2d/3d with ``track_running_stats``); all parameters
@@ -227,6 +227,9 @@ class Trajectory:
         checkpoint_every: ``k``.
         losses: ``(T,)`` mean batch loss of every step (at ``w``).
         seconds: wall-clock training time; cpu_seconds: its process CPU time (all threads).
+        replay_stats: filled by :func:`metagradients`: ``max_abs_drift`` (recomputed vs stored
+            states), ``recompute_seconds`` / ``recompute_cpu_seconds`` / ``recomputed_steps`` (the
+            forward recomputation: training steps timed in the same run as the reverse pass).
     """
 
     snapshots: dict[int, State]
@@ -234,7 +237,7 @@ class Trajectory:
     checkpoint_every: int
     losses: Tensor
     seconds: float = 0.0
-    drift: dict[str, float] = field(default_factory=dict)
+    replay_stats: dict[str, float] = field(default_factory=dict)
     cpu_seconds: float = 0.0
 
 
@@ -531,20 +534,21 @@ def reverse_step(
 
 
 def recompute_segment(
-    fm: FunctionalModel, opt: Optimizer, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, start: State, stop: int, expected: State | None,
+    fm: FunctionalModel, opt: Optimizer, x_all: Tensor, y_all: Tensor, weights: Tensor, schedule: Schedule, start: State, stop: int,
+    expected: State | None = None,
 ) -> tuple[list[State], float]:
     """States before steps ``t = start.step .. stop-1``, recomputed from ``start``.
 
-    Returns the list and the max absolute difference between the recomputed state at ``stop``
-    and ``expected`` (the stored snapshot; 0.0 when training is deterministic).
+    With ``expected`` (the stored state at ``stop``) the last step is also run and compared:
+    returns the list and the max absolute difference (0.0 when training is deterministic).
     """
     states: list[State] = []
-    end, _ = run_steps(fm, opt, x_all, y_all, weights, schedule, start, stop, keep=states.append)
-    drift = 0.0
-    if expected is not None:
-        pairs = [(end.theta, expected.theta), (end.bn, expected.bn), *zip(end.opt, expected.opt)]
-        drift = max(float((a - b).abs().max()) if a.numel() else 0.0 for a, b in pairs)
-    return states, drift
+    end, _ = run_steps(fm, opt, x_all, y_all, weights, schedule, start, stop if expected is not None else stop - 1, keep=states.append)
+    if expected is None:
+        states.append(end)
+        return states, 0.0
+    pairs = [(end.theta, expected.theta), (end.bn, expected.bn), *zip(end.opt, expected.opt)]
+    return states, max(float((a - b).abs().max()) if a.numel() else 0.0 for a, b in pairs)
 
 
 def metagradients(
@@ -569,11 +573,16 @@ def metagradients(
     f, a_theta, a_bn = target_gradients(fm, trajectory.final, x_target, y_target, objective)
     a_opt = tuple(torch.zeros_like(a_theta) for _ in trajectory.final.opt)  # f does not depend on the final buffers
     scores = torch.zeros(len(f), n, dtype=torch.float64, device=fm.device)
-    drift, done = 0.0, 0
+    drift, done, recompute_wall, recompute_cpu, recomputed = 0.0, 0, 0.0, 0.0, 0
     for seg in reversed(range(0, T, every)):
         stop = min(seg + every, T)
-        expected = trajectory.final if stop == T else trajectory.snapshots[stop]
+        # check each segment's recomputation against the next stored state; with every state stored, only the last one
+        check = every > 1 or stop == T
+        expected = (trajectory.final if stop == T else trajectory.snapshots[stop]) if check else None
+        t0, c0 = time.perf_counter(), time.process_time()
         states, seg_drift = recompute_segment(fm, opt, x_all, y_all, weights, schedule, trajectory.snapshots[seg], stop, expected)
+        recompute_wall, recompute_cpu = recompute_wall + time.perf_counter() - t0, recompute_cpu + time.process_time() - c0
+        recomputed += stop - seg - 1 + int(check)
         drift = max(drift, seg_drift)
         for t in reversed(range(seg, stop)):
             x, y, idx = batch_of(x_all, y_all, schedule, t)
@@ -583,7 +592,7 @@ def metagradients(
             if progress is not None:
                 progress(done)
         del states
-    trajectory.drift["max_abs"] = drift
+    trajectory.replay_stats.update(max_abs_drift=drift, recompute_seconds=recompute_wall, recompute_cpu_seconds=recompute_cpu, recomputed_steps=recomputed)
     if drift > 0:
         log.warning("replay: recomputed training differs from the stored snapshots by up to %.3g (non-deterministic kernels?)", drift)
     return f, scores
