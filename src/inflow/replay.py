@@ -491,9 +491,8 @@ def target_gradients(fm: FunctionalModel, state: State, x: Tensor, y: Tensor, ob
     bn = state.bn.detach().requires_grad_(True)
     with torch.enable_grad():
         f = objective(fm.eval_logits(theta, bn, x), y)
-        eye = torch.eye(len(f), dtype=f.dtype, device=f.device)
-        g_theta, g_bn = torch.autograd.grad(f, [theta, bn], grad_outputs=eye, is_grads_batched=True, allow_unused=True, materialize_grads=True)
-    return f.detach(), g_theta, g_bn
+        rows = [torch.autograd.grad(f[j], [theta, bn], retain_graph=True, allow_unused=True, materialize_grads=True) for j in range(len(f))]
+    return f.detach(), torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
 def reverse_step(
