@@ -73,7 +73,7 @@ rule retrain:
     conda:
         "../envs/inflow.yaml"
     script:
-        "../workflow_scripts/retrain.py"
+        "../workflow_scripts/train.py"
 
 
 rule predict_clean:

@@ -49,3 +49,18 @@ def dense_tracin(arrays, lrs) -> np.ndarray:
         block = lr * g_q @ g_r.T
         total = block if total is None else total + block
     return total
+
+
+def job_counts(dry_run_stdout: str) -> dict[str, int]:
+    """Rule -> job count from the "job count" table of ``snakemake -n`` output ({} if nothing to do)."""
+    jobs: dict[str, int] = {}
+    in_stats = False
+    for line in dry_run_stdout.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_stats = True
+        elif in_stats and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs

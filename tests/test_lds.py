@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from conftest import REPO, dense_tracin
+from conftest import REPO, dense_tracin, job_counts
 from inflow.data import Split
 from inflow.errors import InflowError
 from inflow.io import read_table, write_table
@@ -204,16 +204,7 @@ def dry_run_jobs(workdir: Path, lds_cfg: dict, *targets: str) -> dict[str, int]:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(path), "--cores", "2", "-n", *targets]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs, in_stats = {}, False
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_stats = True
-        elif in_stats and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            jobs[parts[0]] = int(parts[1])
-    return jobs
+    return job_counts(proc.stdout)
 
 
 def test_dry_run_lds_enabled_adds_one_training_job_per_subset_model(tmp_path) -> None:

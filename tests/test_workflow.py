@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, job_counts
 from inflow.factors import read_factors
 from inflow.io import read_table
 
@@ -112,18 +112,7 @@ def planned_jobs(workdir: Path, tmp_path: Path, edit: Callable[[Path], None] | N
         config.setdefault(section, {}).update(values)
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(config))
-    out = snakemake(copy, "-n", configfile=edited).stdout
-    jobs: dict[str, int] = {}
-    in_stats = False
-    for line in out.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_stats = True
-        elif in_stats and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            jobs[parts[0]] = int(parts[1])
-    return jobs
+    return job_counts(snakemake(copy, "-n", configfile=edited).stdout)
 
 
 def test_report_option_reruns_only_the_ranking(workdir: Path, tmp_path: Path) -> None:

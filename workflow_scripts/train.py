@@ -10,8 +10,8 @@ run(
     train_cfg=snakemake.params.train,
     seed=snakemake.params.seed,
     device_name=snakemake.params.device,
-    checkpoint_paths=list(snakemake.output.checkpoints),
-    sidecar_paths=list(snakemake.output.sidecars),
+    checkpoint_paths=list(snakemake.output.get("checkpoints", [])),  # rule retrain keeps no TracIn checkpoints
+    sidecar_paths=list(snakemake.output.get("sidecars", [])),
     best_path=snakemake.output.best,
     metrics_path=snakemake.output.metrics,
 )
