@@ -158,7 +158,10 @@ def test_killed_runs_resume_to_identical_results(reference, tmp_path) -> None:
     log = final.stdout + final.stderr
     assert not re.search(r"^\s*(local)?rule train:", log, re.M), log[-3000:]
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished checkpoints and factors were kept, not redone
-    assert len(re.findall(r"^\s*(local)?rule influence_shard:", log, re.M)) == 8 - len(done_shards)
+    # Unfinished shards rerun. A shard job that had renamed its file into place but was killed before
+    # Snakemake recorded it as finished is incomplete to Snakemake and reruns too (at most --cores 2 in flight).
+    reruns = len(re.findall(r"^\s*(local)?rule influence_shard:", log, re.M))
+    assert 8 - len(done_shards) <= reruns <= 8 - len(done_shards) + 2, (reruns, len(done_shards))
     results, expected = read_results(wd), reference()
     for rel in COMPARED:
         pd.testing.assert_frame_equal(results[rel], expected[rel], check_exact=True, obj=rel)
