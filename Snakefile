@@ -22,6 +22,7 @@ include: "rules/mislabel.smk"
 include: "rules/clean.smk"
 include: "rules/replay.smk"
 include: "rules/lds.smk"
+include: "rules/runs.smk"
 include: "rules/report.smk"
 
 

@@ -29,37 +29,61 @@ wildcard_constraints:
     ckpt=r"\d+",
     tile=r"\d+-\d+",
     split="train|test",
+    run_seed=r"\d+",
     variant="influence|oracle|random",
 
 
-def checkpoint_paths(ext):
-    """Every configured checkpoint's file with extension ``ext`` (pt or json), epoch order."""
-    return expand("results/train/checkpoints/epoch_{ckpt}.{ext}", ckpt=CKPTS, ext=ext)
+# Several training runs (rules/runs.smk): the main run (top-level seed) lives in results/, every
+# other seed of runs.seeds in results/runs/seed_<s>/ (same data, its own training and influence).
+MAIN_SEED = config["seed"]
+EXTRA_SEEDS = [seed for seed in config["runs"]["seeds"] if seed != MAIN_SEED]
+RUN_SEEDS = [MAIN_SEED, *EXTRA_SEEDS] if EXTRA_SEEDS else []
+RUN_ROOT = "results/runs/seed_{run_seed}"
+
+
+def run_root(wildcards=None):
+    """The folder of the run a job belongs to: results/ (main run) or results/runs/seed_<s>/."""
+    seed = wildcards.get("run_seed") if wildcards is not None else None
+    return "results" if seed is None else RUN_ROOT.format(run_seed=seed)
+
+
+def run_files(path):
+    """``path`` (relative to a run's folder) for every compared run, main run first."""
+    return [f"results/{path}"] + [f"{RUN_ROOT.format(run_seed=seed)}/{path}" for seed in EXTRA_SEEDS]
+
+
+def checkpoint_paths(ext, root="results"):
+    """Every configured checkpoint's file with extension ``ext`` (pt or json) under ``root``, epoch order."""
+    return expand(f"{root}/train/checkpoints/epoch_{{ckpt}}.{{ext}}", ckpt=CKPTS, ext=ext, allow_missing=True)
 
 
 def shards_of_tile(wildcards):
     """The per-checkpoint dense shards that sum to one tile's total influence."""
-    return expand("results/influence/shards/epoch_{ckpt}/tile_{tile}.npy", ckpt=CKPTS, tile=wildcards.tile)
+    return expand(f"{run_root(wildcards)}/influence/shards/epoch_{{ckpt}}/tile_{{tile}}.npy", ckpt=CKPTS, tile=wildcards.tile)
 
 
 def tile_topk_files(wildcards=None):
     """Every tile's top-k candidates, in tile order."""
-    return expand("results/influence/tiles/tile_{tile}.npz", tile=TILES)
+    return expand(f"{run_root(wildcards)}/influence/tiles/tile_{{tile}}.npz", tile=TILES)
 
 
 def train_factor_files(wildcards=None):
     """Train-split factor files of every checkpoint, epoch order."""
-    return expand("results/factors/epoch_{ckpt}/train.parquet", ckpt=CKPTS)
+    return expand(f"{run_root(wildcards)}/factors/epoch_{{ckpt}}/train.parquet", ckpt=CKPTS)
 
 
 def all_factor_files(wildcards=None):
     """Test and train factor files of every checkpoint (checked to list the same samples)."""
-    return expand("results/factors/epoch_{ckpt}/{split}.parquet", ckpt=CKPTS, split=FACTOR_SPLITS)
+    return expand(f"{run_root(wildcards)}/factors/epoch_{{ckpt}}/{{split}}.parquet", ckpt=CKPTS, split=FACTOR_SPLITS)
 
 
 def last_factors(split):
-    """Factor file of ``split`` at the last checkpoint (its sample ids define tile rows)."""
-    return f"results/factors/epoch_{CKPTS[-1]}/{split}.parquet"
+    """Input function: the factor file of ``split`` at the last checkpoint (its sample ids define tile rows)."""
+
+    def path(wildcards):
+        return f"{run_root(wildcards)}/factors/epoch_{CKPTS[-1]}/{split}.parquet"
+
+    return path
 
 
 def all_outputs():
@@ -77,7 +101,29 @@ def all_outputs():
         *replay_outputs(),
         *lds_outputs(),
         *clean_outputs(),
+        *runs_outputs(),
     ]
+
+
+RUNS_COMPARISON = "results/runs/comparison"
+RUNS_COMPARISON_FILES = ["accuracy.csv", "persistent_errors.csv", "recurring_influential.csv", "recurring_mislabel.csv", "comparison.png"]
+
+
+def runs_outputs():
+    """The cross-run comparison, when runs.seeds lists seeds besides the main one."""
+    if not EXTRA_SEEDS:
+        return []
+    return [f"{RUNS_COMPARISON}/{name}" for name in RUNS_COMPARISON_FILES]
+
+
+def comparison_report(name):
+    """A cross-run comparison file, in the report's runs category."""
+    return report(
+        f"{RUNS_COMPARISON}/{name}",
+        caption="../report/runs_comparison.rst",
+        category="8. Several training runs",
+        labels={"item": name},
+    )
 
 
 # Cleaning stage (rules/clean.smk): the influence-guided set, and the references on the same

@@ -79,6 +79,8 @@ BAD = {
                                   "dataset.imagefolder.path: /no/such/folder does not exist; give the folder that holds one folder per class"),
     "image folder path is a file": ({"dataset": {"source": "imagefolder", "imagefolder": {"path": str(REPO / "README.md")}}},
                                     f"dataset.imagefolder.path: {REPO / 'README.md'} is a file, not a directory"),
+    "runs repeat a seed": ({"runs": {"seeds": [0, 1, 1]}}, "runs.seeds: [0, 1, 1] has non-unique elements; list each value once"),
+    "runs list only the main seed": ({"runs": {"seeds": [0]}}, "runs.seeds: [0] lists only the main run's seed (0); add other seeds to compare runs, or leave it empty"),
     "pretrained weights missing": ({"model": {"pretrained_weights": "/models/nope.pth"}}, "model.pretrained_weights: /models/nope.pth does not exist; give a local .pth file or null"),
 }
 

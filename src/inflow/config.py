@@ -140,6 +140,9 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
             errors.append(f"influence.train_tiles={influence['train_tiles']} is more than the {approx}{n_train} training images; lower it")
         if influence["test_tiles"] > n_test:
             errors.append(f"influence.test_tiles={influence['test_tiles']} is more than the {approx}{n_test} test images; lower it")
+    seeds = config["runs"]["seeds"]
+    if seeds and all(seed == config["seed"] for seed in seeds):
+        errors.append(f"runs.seeds: {seeds} lists only the main run's seed ({config['seed']}); add other seeds to compare runs, or leave it empty")
     weights = config["model"]["pretrained_weights"]
     if weights and not Path(weights).is_file():
         errors.append(f"model.pretrained_weights: {weights} does not exist; give a local .pth file or null")
