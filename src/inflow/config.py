@@ -140,6 +140,15 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
             errors.append(f"influence.train_tiles={influence['train_tiles']} is more than the {approx}{n_train} training images; lower it")
         if influence["test_tiles"] > n_test:
             errors.append(f"influence.test_tiles={influence['test_tiles']} is more than the {approx}{n_test} test images; lower it")
+        replay = config["replay"]
+        for key, limit, what in (("top_k", n_train, "training"), ("batch_size", n_train, "training"), ("max_targets", n_test, "test")):
+            if replay[key] > limit:
+                errors.append(f"replay.{key}={replay[key]} is more than the {approx}{limit} {what} images; lower it")
+        if config["lds"]["scatter_samples"] > n_test:
+            errors.append(f"lds.scatter_samples={config['lds']['scatter_samples']} is more than the {approx}{n_test} test images; lower it")
+    replay = config["replay"]
+    if replay["optimizer"] == "sgd" and replay["nesterov"] and replay["momentum"] == 0:
+        errors.append("replay.nesterov: Nesterov momentum needs replay.momentum > 0; set momentum (e.g. 0.9) or nesterov: false")
     seeds = config["runs"]["seeds"]
     if seeds and all(seed == config["seed"] for seed in seeds):
         errors.append(f"runs.seeds: {seeds} lists only the main run's seed ({config['seed']}); add other seeds to compare runs, or leave it empty")
