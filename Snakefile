@@ -24,6 +24,7 @@ include: "rules/replay.smk"
 include: "rules/lds.smk"
 include: "rules/runs.smk"
 include: "rules/report.smk"
+include: "rules/methods.smk"
 
 
 rule all:

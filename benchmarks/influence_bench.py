@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inflow.factors import read_factors, write_factors
-from inflow.influence import ghost_block, influence_shard
+from inflow.factors import read_factor_blocks, read_factors, write_factors
+from inflow.influence import block_tensors, ghost_sum, influence_shard
 from inflow.selfinfluence import self_influence
 from inflow.topk import accumulate_topk, tile_topk
 
@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.stage == "factor_loading":  # every factor file read whole (what a reader of all factors pays)
         for c in ckpts:
             for split in ("train", "test"):
-                read_factors(str(wd / f"epoch_{c}" / f"{split}.parquet"))
+                read_factor_blocks(str(wd / f"epoch_{c}" / f"{split}.parquet"))
     elif args.stage == "influence":
         # Tile by tile, as the DAG consumes temp() shards: every checkpoint's shard of a tile, then
         # its top-k, then the shards are deleted. Disk use stays at one tile's shards.
@@ -114,21 +114,22 @@ def matmul_roofline(m: int, n: int, k: int, threads: int, repeats: int = 3) -> f
 
 
 def naive_pairs_per_second(paths: dict, n_ckpt: int, n_test_sub: int, n_train_sub: int) -> tuple[float, float]:
-    """Per-sample full weight gradients ``vec(e a^T)`` (d_out*d_a wide) multiplied as one GEMM.
+    """Per-sample full weight gradients ``vec(e a^T)`` (d_out*d_a wide per block) multiplied as one GEMM.
 
     Returns (pair-checkpoints/s, max relative difference from the ghost result on the same pairs).
     """
     elapsed, worst = 0.0, 0.0
+    cpu = torch.device("cpu")
     for c in range(n_ckpt):
-        _, a_r, e_r, meta = read_factors(paths[(c, "train")])
-        _, a_q, e_q, _ = read_factors(paths[(c, "test")])
-        a_q, e_q, a_r, e_r = (torch.from_numpy(np.array(x)) for x in (a_q[:n_test_sub], e_q[:n_test_sub], a_r[:n_train_sub], e_r[:n_train_sub]))
+        _, blocks_r, meta = read_factor_blocks(paths[(c, "train")])
+        _, blocks_q, _ = read_factor_blocks(paths[(c, "test")])
+        train, test = block_tensors(blocks_r, cpu, slice(0, n_train_sub)), block_tensors(blocks_q, cpu, slice(0, n_test_sub))
         t = time.perf_counter()
-        g_q = (e_q[:, :, None] * a_q[:, None, :]).reshape(len(a_q), -1)
-        g_r = (e_r[:, :, None] * a_r[:, None, :]).reshape(len(a_r), -1)
+        g_q = torch.cat([(e[:, :, None] * a[:, None, :]).reshape(len(a), -1) for a, e in test], 1)
+        g_r = torch.cat([(e[:, :, None] * a[:, None, :]).reshape(len(a), -1) for a, e in train], 1)
         naive = meta["tracin_lr"] * (g_q @ g_r.T)
         elapsed += time.perf_counter() - t
-        ghost = ghost_block(a_q, e_q, a_r, e_r, meta["tracin_lr"])
+        ghost = ghost_sum(test, train, meta["tracin_lr"])  # what influence_shard computes
         worst = max(worst, float((naive - ghost).abs().max() / ghost.abs().max()))
     return n_ckpt * n_test_sub * n_train_sub / elapsed, worst
 

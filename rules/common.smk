@@ -102,6 +102,7 @@ def all_outputs():
         *lds_outputs(),
         *clean_outputs(),
         *runs_outputs(),
+        *compare_outputs(),
     ]
 
 
@@ -255,3 +256,63 @@ def lds_train_settings():
     if config["lds"]["epochs"] is not None:
         train["epochs"] = config["lds"]["epochs"]
     return train
+
+
+# Factor methods (factors.method) and their comparison (rules/methods.smk, off unless compare.enabled).
+FACTOR_METHODS = ["last_layer", "head_layers", "projection"]
+COMPARE_METHODS = config["compare"]["methods"]
+CLEANLAB_FOLDS = [str(f) for f in range(config["compare"]["cleanlab_folds"])]
+
+
+wildcard_constraints:
+    method="|".join(FACTOR_METHODS),
+    fold=r"\d+",
+
+
+def method_settings(name):
+    """The factors rule's ``method`` param for factor method ``name`` (projection settings only for projection)."""
+    settings = {"method": name}
+    if name == "projection":
+        settings.update(projection_dim=config["factors"]["projection_dim"], projection_seed=config["factors"]["projection_seed"])
+    return settings
+
+
+def compared_method(wildcards):
+    """The ``method`` param of a method_factors job."""
+    return method_settings(wildcards.method)
+
+
+def method_factor_files(split):
+    """Input function: the factor files of ``split`` for the job's method, every checkpoint, epoch order."""
+
+    def paths(wildcards):
+        return expand("results/methods/{method}/factors/epoch_{ckpt}/{split}.parquet", method=wildcards.method, ckpt=CKPTS, split=split)
+
+    return paths
+
+
+def compare_outputs():
+    """The method comparison table and picture, when compare.enabled."""
+    if not config["compare"]["enabled"]:
+        return []
+    return ["results/methods/comparison.csv", "results/methods/comparison.png"]
+
+
+def compared_files(path):
+    """``path`` (under results/methods/<method>/) for every compared method, compare.methods order."""
+    return [f"results/methods/{method}/{path}" for method in COMPARE_METHODS]
+
+
+def cleanlab_fold_files(wildcards=None):
+    """Every cleanlab fold's out-of-sample probabilities, fold order."""
+    return expand("results/methods/cleanlab/fold_{fold}/pred_probs.parquet", fold=CLEANLAB_FOLDS)
+
+
+def cleanlab_result():
+    """The cleanlab result the comparison reads: none when compare.cleanlab_folds is 0."""
+    return ["results/methods/cleanlab/cleanlab.json"] if CLEANLAB_FOLDS else []
+
+
+def fold_train_settings():
+    """Training config of the cleanlab fold models: the main recipe (checkpoint epochs left out)."""
+    return {key: value for key, value in config["train"].items() if key != "checkpoint_epochs"}

@@ -10,6 +10,7 @@ rule factors:
         loss=loss_settings(),
         include_bias=config["factors"]["include_bias"],
         device=config["device"],
+        method=method_settings(config["factors"]["method"]),
     log:
         "logs/factors/epoch_{ckpt}_{split}.log",
     benchmark:

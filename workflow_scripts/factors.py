@@ -14,4 +14,5 @@ run(
     batch_size=snakemake.resources.batch_size,
     device_name=snakemake.params.device,
     out_path=snakemake.output[0],
+    method=snakemake.params.method,
 )

@@ -152,6 +152,8 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
     seeds = config["runs"]["seeds"]
     if seeds and all(seed == config["seed"] for seed in seeds):
         errors.append(f"runs.seeds: {seeds} lists only the main run's seed ({config['seed']}); add other seeds to compare runs, or leave it empty")
+    if config["compare"]["cleanlab_folds"] == 1:
+        errors.append("compare.cleanlab_folds=1 leaves no other fold to train on; use 2 or more (5 is usual), or 0 for no cleanlab row")
     weights = config["model"]["pretrained_weights"]
     if weights and not Path(weights).is_file():
         errors.append(f"model.pretrained_weights: {weights} does not exist; give a local .pth file or null")

@@ -8,6 +8,20 @@ dot-product), and storing ``a`` (d_in [+1]) and ``e`` (d_out) per sample is enou
 
 The loss is the training loss (class weights, label smoothing) of the one sample, not divided
 by the batch size.
+
+``factors.method`` picks what is stored; every method writes one or more *blocks* ``(a_l, e_l)``
+per sample, and TracIn is ``sum_l <a_l, a_l'> <e_l, e_l'>`` (:func:`inflow.influence.ghost_sum`):
+
+* ``last_layer``: one block, the head's final Linear (the default).
+* ``head_layers``: one block per Linear layer of the head, the final one first. Each layer's
+  gradient is ``e_l a_l^T`` with ``a_l`` its input and ``e_l`` the gradient of the loss with
+  respect to its output, so the blocks together are the gradient of every head weight and bias.
+* ``projection``: one block, ``a`` = the per-sample gradient of every model parameter projected
+  to ``factors.projection_dim`` dimensions (:mod:`inflow.projection`) and ``e = [1]``, so the
+  ghost product is the plain dot product of the projections.
+
+A file holds block 0 in columns ``a`` and ``e`` and block ``l >= 1`` in ``a_l`` and ``e_l``; its
+metadata records the method (files without one are ``last_layer``).
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import hashlib
 import json
 import logging
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -34,6 +48,10 @@ from inflow.models import Classifier, resolve_device
 from inflow.progress import track
 
 log = logging.getLogger(__name__)
+
+Block = tuple[np.ndarray, np.ndarray]  # (a (n, d_a), e (n, d_out)) of one layer
+METHODS = ("last_layer", "head_layers", "projection")
+DEFAULT_METHOD = "last_layer"
 
 
 def layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool) -> tuple[Tensor, Tensor]:
@@ -62,31 +80,104 @@ def layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor
     return a, e
 
 
-def compute_factors(model: Classifier, data: Split, class_weights: Tensor | None, smoothing: float, include_bias: bool, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Factors for a whole split: ``a (n, d_a)`` and ``e (n, d_out)`` float32 NumPy arrays."""
-    model.eval()
-    a_parts, e_parts = [], []
+def head_layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool) -> list[tuple[Tensor, Tensor]]:
+    """Factors of one batch for every Linear layer of ``model.head``, the final layer first.
+
+    Args:
+        x: images ``(n, 3, h, w)``; y: labels ``(n,)``.
+
+    Returns:
+        One ``(a_l (n, d_in_l [+1]), e_l (n, d_out_l))`` per Linear layer: ``a_l`` its input (with a
+        trailing 1 if ``include_bias``), ``e_l = dL_i/dz_l`` for its output ``z_l``. Float32, detached.
+    """
+    with torch.no_grad():
+        h = model.features(x)
+    inputs, outputs = [], []
+    with torch.enable_grad():
+        h = h.detach()
+        for module in model.head:
+            if isinstance(module, torch.nn.Linear):
+                inputs.append(h.detach().float())
+                h = module(h)
+                outputs.append(h)
+            else:
+                h = module(h)
+        loss = per_sample_loss(h, y, class_weights, smoothing).sum()  # rows are independent: grad row i = dL_i/dz_i
+        grads = torch.autograd.grad(loss, outputs)
+    blocks = []
+    for a, e in zip(reversed(inputs), reversed(grads)):
+        if include_bias:
+            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
+        blocks.append((a, e.detach().float()))
+    return blocks
+
+
+def head_layer_names(model: Classifier) -> list[str]:
+    """Names of the head's Linear layers in block order (final first), e.g. ``["head.2", "head.0"]``."""
+    return [f"head.{i}" for i, m in reversed(list(enumerate(model.head))) if isinstance(m, torch.nn.Linear)]
+
+
+BatchFactors = Callable[[Tensor, Tensor], list[tuple[Tensor, Tensor]]]
+
+
+def method_batch_factors(model: Classifier, method: dict[str, Any], class_weights: Tensor | None, smoothing: float, include_bias: bool, group_lrs: dict[str, float], tracin_lr: float) -> BatchFactors:
+    """The function ``(x, y) -> blocks`` that computes one batch's factors for ``method``.
+
+    ``method`` is ``{"method": name}`` plus ``projection_dim`` and ``projection_seed`` for
+    ``projection``; ``group_lrs`` and ``tracin_lr`` (from the sidecar) weight the projection's
+    parameter groups.
+    """
+    name = method["method"]
+    if name == "last_layer":
+        return lambda x, y: [layer_factors(model, x, y, class_weights, smoothing, include_bias)]
+    if name == "head_layers":
+        return lambda x, y: head_layer_factors(model, x, y, class_weights, smoothing, include_bias)
+    if name == "projection":
+        from inflow.projection import group_scales, model_projector, projected_gradients
+
+        projector = model_projector(model, method["projection_dim"], method["projection_seed"])
+        scales = group_scales(list(projector.shapes), group_lrs, tracin_lr)
+
+        def projected(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+            p = projected_gradients(model, x, y, class_weights, smoothing, projector, scales)
+            return [(p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device))]
+
+        return projected
+    raise InflowError(f"factors.method={name!r}: use one of {', '.join(METHODS)}")
+
+
+def compute_factors(batch_factors: BatchFactors, data: Split, batch_size: int, device: torch.device) -> list[Block]:
+    """Factors for a whole split: one ``(a (n, d_a), e (n, d_out))`` float32 NumPy pair per block."""
+    parts: list[list[tuple[np.ndarray, np.ndarray]]] = []
     batches = range(0, len(data), batch_size)
     for start in track(batches, len(batches), "factors", log, unit="batch"):
         x, y = data.batch(slice(start, start + batch_size), device)
-        a, e = layer_factors(model, x, y, class_weights, smoothing, include_bias)
-        a_parts.append(a.cpu().numpy())
-        e_parts.append(e.cpu().numpy())
-    return np.concatenate(a_parts), np.concatenate(e_parts)
+        parts.append([(a.cpu().numpy(), e.cpu().numpy()) for a, e in batch_factors(x, y)])
+    return [(np.concatenate([p[b][0] for p in parts]), np.concatenate([p[b][1] for p in parts])) for b in range(len(parts[0]))]
+
+
+def block_columns(n_blocks: int) -> list[tuple[str, str]]:
+    """Column names of each block: ``("a", "e")``, then ``("a_1", "e_1")``, ..."""
+    return [("a", "e")] + [(f"a_{b}", f"e_{b}") for b in range(1, n_blocks)]
+
+
+def _fixed_list(x: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, dtype=np.float32).ravel()), x.shape[1])
+
+
+def write_factor_blocks(path: str, sample_ids: np.ndarray, blocks: list[Block], metadata: dict[str, Any]) -> None:
+    """Write factors as Parquet: ``sample_id`` int64 and every block's ``a``, ``e`` as float32 fixed-size lists."""
+    columns: dict[str, Any] = {"sample_id": pa.array(sample_ids, type=pa.int64())}
+    for (a_name, e_name), (a, e) in zip(block_columns(len(blocks)), blocks):
+        columns[a_name], columns[e_name] = _fixed_list(a), _fixed_list(e)
+    table = pa.table(columns).replace_schema_metadata({b"inflow": json.dumps(metadata).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
 
 
 def write_factors(path: str, sample_ids: np.ndarray, a: np.ndarray, e: np.ndarray, metadata: dict[str, Any]) -> None:
-    """Write factors as Parquet: ``sample_id`` int64, ``a`` and ``e`` as float32 fixed-size lists."""
-    table = pa.table(
-        {
-            "sample_id": pa.array(sample_ids, type=pa.int64()),
-            "a": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a, dtype=np.float32).ravel()), a.shape[1]),
-            "e": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(e, dtype=np.float32).ravel()), e.shape[1]),
-        }
-    )
-    table = table.replace_schema_metadata({b"inflow": json.dumps(metadata).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+    """Write a one-block factor file: ``sample_id`` int64, ``a`` and ``e`` as float32 fixed-size lists."""
+    write_factor_blocks(path, sample_ids, [(a, e)], metadata)
 
 
 ROW_GROUP_SIZE = 8192  # rows per Parquet row group: the granularity of partial reads
@@ -113,6 +204,21 @@ def _open_factor_file(path: str) -> pq.ParquetFile:
     return pf
 
 
+def _count_blocks(path: str, names: list[str]) -> int:
+    """Blocks in a file with columns ``names``: ``a``/``e``, then ``a_1``/``e_1``, ... while present."""
+    n = 1
+    while f"a_{n}" in names or f"e_{n}" in names:
+        if not {f"a_{n}", f"e_{n}"} <= set(names):
+            raise InflowError(f"{path}: factor file has only one of a_{n}, e_{n}; regenerate it")
+        n += 1
+    return n
+
+
+def count_factor_blocks(path: str) -> int:
+    """Number of ``(a, e)`` blocks in a factor file, from its footer alone."""
+    return _count_blocks(path, _open_factor_file(path).schema_arrow.names)
+
+
 def count_factor_rows(path: str) -> int:
     """Number of samples in a factor file, from its footer alone."""
     return _open_factor_file(path).metadata.num_rows
@@ -135,9 +241,16 @@ def read_factor_meta(path: str) -> dict[str, Any]:
     return meta
 
 
-def check_finite(path: str, ids: np.ndarray, a: np.ndarray, e: np.ndarray) -> None:
-    """Raise naming the sample ids whose factors hold NaN or Inf (at most 10 listed)."""
-    bad = ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
+def factor_method(meta: dict[str, Any]) -> str:
+    """The method recorded in a factor file's metadata; files without one are last-layer factors."""
+    return str(meta.get("method", DEFAULT_METHOD))
+
+
+def check_finite(path: str, ids: np.ndarray, blocks: list[Block]) -> None:
+    """Raise naming the sample ids whose factors (in any block) hold NaN or Inf (at most 10 listed)."""
+    bad = np.zeros(len(ids), dtype=bool)
+    for a, e in blocks:
+        bad |= ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
     if bad.any():
         raise InflowError(f"{path}: NaN/Inf factors for {int(bad.sum())} sample(s), sample_id(s) {ids[bad][:10].tolist()}; "
                           "delete the file and rerun the factors rule (if it recurs, check those images and the checkpoint)")
@@ -147,10 +260,15 @@ def check_same_samples(paths: list[str]) -> np.ndarray:
     """The sample ids shared by every factor file in ``paths``, in file order.
 
     Raises if any file lists other samples, or the same ones in another order (factors made
-    from another manifest): their rows could not be added up.
+    from another manifest), or holds factors of another method: their rows could not be added up.
     """
     ids0 = read_factor_ids(paths[0])
+    method0 = factor_method(read_factor_meta(paths[0]))
     for path in paths[1:]:
+        method = factor_method(read_factor_meta(path))
+        if method != method0:
+            raise InflowError(f"{path}: holds {method} factors but {paths[0]} holds {method0} factors; "
+                              "factors of two methods cannot be added up, delete the stale files and rerun the factors rule")
         ids = read_factor_ids(path)
         if not np.array_equal(ids, ids0):
             what = f"{len(ids)} samples vs {len(ids0)}" if len(ids) != len(ids0) else "the same number of samples but other ids or order"
@@ -176,13 +294,17 @@ def factor_meta(path: str, meta: dict[str, Any], split: str | None = None) -> di
 
 
 def check_factors_match(test_path: str, test_meta: dict[str, Any], train_path: str, train_meta: dict[str, Any]) -> None:
-    """Raise unless a test and a train factor file come from the same checkpoint and layer.
+    """Raise unless a test and a train factor file come from the same method, checkpoint and layers.
 
-    Compares epoch, factor widths, the bias column, and (when recorded) the fingerprints of
-    the checkpoint's weights and of the manifest.
+    Compares the method (and its projection settings), epoch, factor widths, the bias column,
+    and (when recorded) the fingerprints of the checkpoint's weights and of the manifest.
     """
+    methods = factor_method(test_meta), factor_method(train_meta)
+    if methods[0] != methods[1]:
+        raise InflowError(f"{test_path} and {train_path}: factors of two methods ({methods[0]} vs {methods[1]}); "
+                          "delete both and rerun the factors rule with one factors.method")
     problems = []
-    for key in ("epoch", "tracin_lr", "d_a", "d_out", "include_bias", "model", "manifest"):
+    for key in ("projection_dim", "projection_seed", "layers", "epoch", "tracin_lr", "d_a", "d_out", "include_bias", "model", "manifest"):
         if key in test_meta and key in train_meta and test_meta[key] != train_meta[key]:
             problems.append(f"{key} {test_meta[key]} vs {train_meta[key]}")
     if problems:
@@ -190,8 +312,8 @@ def check_factors_match(test_path: str, test_meta: dict[str, Any], train_path: s
                           "delete both and rerun the factors rule")
 
 
-def read_factors(path: str, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read a factor file: ``(sample_ids (n,), a (n, d_a), e (n, d_out), metadata)``.
+def read_factor_blocks(path: str, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, list[Block], dict[str, Any]]:
+    """Read a factor file: ``(sample_ids (n,), blocks [(a (n, d_a), e (n, d_out)), ...], metadata)``.
 
     ``rows=(start, stop)`` reads only the row groups that hold those rows, so a tile's job reads
     and holds its tile, not the whole split. ``a`` and ``e`` are read-only views of the Arrow
@@ -212,9 +334,29 @@ def read_factors(path: str, rows: tuple[int, int] | None = None) -> tuple[np.nda
         table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
         table = table.slice(start - first, stop - start)
     ids = table.column("sample_id").to_numpy()
-    a, e = _fixed_list_to_numpy(table.column("a"), path, "a"), _fixed_list_to_numpy(table.column("e"), path, "e")
-    check_finite(path, ids, a, e)
+    blocks = [(_fixed_list_to_numpy(table.column(a), path, a), _fixed_list_to_numpy(table.column(e), path, e))
+              for a, e in block_columns(_count_blocks(path, table.column_names))]
+    check_finite(path, ids, blocks)
+    return ids, blocks, meta
+
+
+def read_factors(path: str, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read a one-block factor file: ``(sample_ids (n,), a (n, d_a), e (n, d_out), metadata)``.
+
+    See :func:`read_factor_blocks`; raises for a file of several blocks (``head_layers``), whose
+    ``a`` and ``e`` alone are not its factors.
+    """
+    ids, blocks, meta = read_factor_blocks(path, rows)
+    if len(blocks) != 1:
+        raise InflowError(f"{path}: holds {len(blocks)} factor blocks ({factor_method(meta)}); read it with read_factor_blocks")
+    (a, e), = blocks
     return ids, a, e, meta
+
+
+def block_widths(blocks: list[Block]) -> dict[str, Any]:
+    """``{"d_a": ..., "d_out": ...}`` of a file's blocks: numbers for one block, lists for several."""
+    d_a, d_out = [a.shape[1] for a, _ in blocks], [e.shape[1] for _, e in blocks]
+    return {"d_a": d_a[0], "d_out": d_out[0]} if len(blocks) == 1 else {"d_a": d_a, "d_out": d_out}
 
 
 def as_tensor(array: np.ndarray) -> Tensor:
@@ -222,6 +364,18 @@ def as_tensor(array: np.ndarray) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we never write to it
         return torch.from_numpy(array)
+
+
+def method_metadata(model: Classifier, method: dict[str, Any], side: dict[str, Any]) -> dict[str, Any]:
+    """What a factor file records about its method: name, layers (block order), projection settings."""
+    name = method["method"]
+    if name == "last_layer":
+        return {"method": name, "layer": side.get("hooked_layer")}
+    if name == "head_layers":
+        return {"method": name, "layer": side.get("hooked_layer"), "layers": head_layer_names(model)}
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"method": name, "layer": f"{n_params} parameters projected to {method['projection_dim']}", "projection_dim": method["projection_dim"],
+            "projection_seed": method["projection_seed"], "projection_matrix": "rademacher", "n_params": n_params, "group_lr": side.get("lr")}
 
 
 def extract_factors(
@@ -235,8 +389,14 @@ def extract_factors(
     batch_size: int,
     device_name: str,
     out_path: str,
+    method: dict[str, Any] | None = None,
 ) -> None:
-    """Compute and write the factors of ``split`` at one checkpoint."""
+    """Compute and write the factors of ``split`` at one checkpoint.
+
+    ``method`` is ``{"method": "last_layer" | "head_layers" | "projection"}`` (plus
+    ``projection_dim``, ``projection_seed``); None means ``last_layer``.
+    """
+    method = method or {"method": DEFAULT_METHOD}
     device = resolve_device(device_name)
     side = read_sidecar(sidecar_path)
     manifest, class_names = load_manifest(manifest_path)
@@ -246,16 +406,21 @@ def extract_factors(
     train_labels = manifest.loc[manifest.split == "train", "label"].to_numpy()
     weights = inverse_frequency_weights(train_labels, len(class_names)).to(device) if train_cfg["class_weights"] else None
     model = load_checkpoint(checkpoint_path, device, num_classes=len(class_names))
-    a, e = compute_factors(model, data, weights, train_cfg["label_smoothing"], include_bias, batch_size, device)
-    bad = ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
+    group_lrs = side["lr"] if isinstance(side["lr"], dict) else {}
+    batch_factors = method_batch_factors(model, method, weights, train_cfg["label_smoothing"], include_bias, group_lrs, float(side["tracin_lr"]))
+    blocks = compute_factors(batch_factors, data, batch_size, device)
+    bad = np.zeros(len(data), dtype=bool)
+    for a, e in blocks:
+        bad |= ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
     if bad.any():
         raise InflowError(f"{checkpoint_path}: NaN/Inf factors for {int(bad.sum())} {split} sample(s), sample_id(s) {data.sample_ids[bad][:10].tolist()}; "
                           "the checkpoint's weights or those images are broken, rerun train (lower train.lr_head/lr_backbone if it diverged)")
-    meta = {"epoch": side["epoch"], "tracin_lr": side["tracin_lr"], "split": split, "layer": side.get("hooked_layer"),
-            "include_bias": include_bias, "d_a": int(a.shape[1]), "d_out": int(e.shape[1]), "checkpoint": str(checkpoint_path),
+    meta = {"epoch": side["epoch"], "tracin_lr": side["tracin_lr"], "split": split, **method_metadata(model, method, side),
+            "include_bias": include_bias, **block_widths(blocks), "checkpoint": str(checkpoint_path),
             "model": model_fingerprint(model), "manifest": manifest_fingerprint(manifest)}
-    log.info("split %s, epoch %s: %d samples, a %s, e %s, tracin lr %g", split, side["epoch"], len(a), a.shape, e.shape, side["tracin_lr"])
-    write_factors(out_path, data.sample_ids, a, e, meta)
+    log.info("split %s, epoch %s, method %s: %d samples, blocks %s, tracin lr %g", split, side["epoch"], method["method"], len(data),
+             [(a.shape[1], e.shape[1]) for a, e in blocks], side["tracin_lr"])
+    write_factor_blocks(out_path, data.sample_ids, blocks, meta)
 
 
 def manifest_fingerprint(manifest: pd.DataFrame) -> str:

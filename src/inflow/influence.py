@@ -2,7 +2,9 @@
 
 TracIn(z, z') = sum_c lr_c <g_c(z), g_c(z')> with g_c the hooked layer's weight gradient at
 checkpoint c. For a Linear layer ``g = e a^T``, so ``<g, g'> = <a, a'> <e, e'>`` and a block of
-influences is two small GEMMs and an elementwise product, never a per-sample gradient.
+influences is two small GEMMs and an elementwise product, never a per-sample gradient. With
+several layers (factor blocks) the products are summed: :func:`ghost_sum`, the one function every
+consumer of factor files uses.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from inflow.errors import InflowError
-from inflow.factors import as_tensor, check_factors_match, count_factor_rows, factor_meta, read_factors
+from inflow.factors import as_tensor, block_widths, check_factors_match, count_factor_rows, factor_meta, read_factor_blocks
 from inflow.io import npy_row_writer
 from inflow.models import resolve_device
 
@@ -40,6 +44,38 @@ def ghost_block(
     block = torch.matmul(a_test, a_train.T, out=out) if out is not None else a_test @ a_train.T
     e_prod = torch.matmul(e_test * lr, e_train.T, out=work) if work is not None else (e_test * lr) @ e_train.T
     return block.mul_(e_prod)
+
+
+def ghost_sum(
+    test: Sequence[tuple[Tensor, Tensor]], train: Sequence[tuple[Tensor, Tensor]], lr: float,
+    out: Tensor | None = None, work: Tensor | None = None, work2: Tensor | None = None,
+) -> Tensor:
+    """``sum_l lr * (A_l A'_l^T) * (E_l E'_l^T)`` over the factor blocks ``l`` of both sides.
+
+    Args:
+        test: blocks ``(a_l (n_test, d_a_l), e_l (n_test, d_out_l))``; train: the same blocks
+            ``(n_train, .)``, in the same order.
+        out, work, work2: optional contiguous ``(n_test, n_train)`` float32 buffers (the result
+            goes to ``out``; ``work2`` is needed only for a second block).
+
+    Returns:
+        ``(n_test, n_train)`` influence at one checkpoint. With one block this is exactly
+        :func:`ghost_block`.
+    """
+    if len(test) != len(train) or not test:
+        raise ValueError(f"ghost_sum: {len(test)} test blocks vs {len(train)} train blocks")
+    (a_q, e_q), (a_r, e_r) = test[0], train[0]
+    total = ghost_block(a_q, e_q, a_r, e_r, lr, out=out, work=work)
+    for (a_q, e_q), (a_r, e_r) in zip(test[1:], train[1:]):
+        a_prod = torch.matmul(a_q, a_r.T, out=work) if work is not None else a_q @ a_r.T
+        e_prod = torch.matmul(e_q * lr, e_r.T, out=work2) if work2 is not None else (e_q * lr) @ e_r.T
+        total.addcmul_(a_prod, e_prod)
+    return total
+
+
+def block_tensors(blocks: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device, rows: slice = slice(None)) -> list[tuple[Tensor, Tensor]]:
+    """Factor blocks (NumPy, possibly read-only) as tensors on ``device``, rows ``rows`` only."""
+    return [(as_tensor(a[rows]).to(device), as_tensor(e[rows]).to(device)) for a, e in blocks]
 
 
 MAX_CHUNK_ROWS = 1024  # larger chunks are no faster (GEMM is efficient from ~500 rows) and cost memory
@@ -84,29 +120,32 @@ def influence_shard(
     n_q, n_r = count_factor_rows(test_factors), count_factor_rows(train_factors)
     q0, q1 = tile_bounds(n_q, n_test_tiles, q)
     r0, r1 = tile_bounds(n_r, n_train_tiles, r)
-    _, a_q, e_q, meta_q = read_factors(test_factors, rows=(q0, q1))
-    _, a_r, e_r, meta_r = read_factors(train_factors, rows=(r0, r1))
+    _, blocks_q, meta_q = read_factor_blocks(test_factors, rows=(q0, q1))
+    _, blocks_r, meta_r = read_factor_blocks(train_factors, rows=(r0, r1))
     factor_meta(test_factors, meta_q, split="test")
     factor_meta(train_factors, meta_r, split="train")
-    check_factors_match(test_factors, {**meta_q, "d_a": a_q.shape[1], "d_out": e_q.shape[1]}, train_factors, {**meta_r, "d_a": a_r.shape[1], "d_out": e_r.shape[1]})
+    check_factors_match(test_factors, {**meta_q, **block_widths(blocks_q)}, train_factors, {**meta_r, **block_widths(blocks_r)})
     lr = float(meta_r["tracin_lr"])
     device = resolve_device(device_name)
-    a_train, e_train = as_tensor(a_r).to(device), as_tensor(e_r).to(device)
-    chunk = rows_per_chunk(r1 - r0, memory_mb)
-    log.info("epoch %s tile %s: test rows %d:%d x train rows %d:%d, lr %g, %d rows per chunk on %s", meta_r.get("epoch"), tile, q0, q1, r0, r1, lr, chunk, device)
+    train = block_tensors(blocks_r, device)
+    chunk = rows_per_chunk(r1 - r0, memory_mb, buffers=2 if len(blocks_r) == 1 else 3)
+    log.info("epoch %s tile %s: test rows %d:%d x train rows %d:%d, %d block(s), lr %g, %d rows per chunk on %s",
+             meta_r.get("epoch"), tile, q0, q1, r0, r1, len(blocks_r), lr, chunk, device)
     out = torch.empty(min(chunk, q1 - q0), r1 - r0, device=device)  # reused: no page faults per chunk
     work = torch.empty_like(out)
+    work2 = torch.empty_like(out) if len(blocks_r) > 1 else None
     times = {"compute_s": 0.0, "write_s": 0.0}
     with npy_row_writer(out_path, (q1 - q0, r1 - r0)) as write:
         for c0 in range(0, q1 - q0, chunk):
             n = min(chunk, q1 - q0 - c0)
             t0 = time.perf_counter()
-            a_chunk, e_chunk = as_tensor(a_q[c0 : c0 + n]).to(device), as_tensor(e_q[c0 : c0 + n]).to(device)
-            block = ghost_block(a_chunk, e_chunk, a_train, e_train, lr, out=out[:n], work=work[:n]).cpu().numpy()
+            test = block_tensors(blocks_q, device, slice(c0, c0 + n))
+            block = ghost_sum(test, train, lr, out=out[:n], work=work[:n], work2=None if work2 is None else work2[:n]).cpu().numpy()
             t1 = time.perf_counter()
             write(block)
             times["compute_s"] += t1 - t0
             times["write_s"] += time.perf_counter() - t1
+    width = sum(a.shape[1] + e.shape[1] for a, e in blocks_q)
     log.info("products %.2fs (%.1f GFLOP/s), writing %.2fs", times["compute_s"],
-             2e-9 * (q1 - q0) * (r1 - r0) * (a_q.shape[1] + e_q.shape[1]) / max(times["compute_s"], 1e-9), times["write_s"])
+             2e-9 * (q1 - q0) * (r1 - r0) * width / max(times["compute_s"], 1e-9), times["write_s"])
     return times

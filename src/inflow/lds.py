@@ -38,13 +38,19 @@ from torch import Tensor
 from inflow.checkpoints import load_checkpoint
 from inflow.data import Split, load_manifest, load_split
 from inflow.errors import InflowError
-from inflow.factors import as_tensor, check_factors_match, check_same_samples, factor_meta, read_factors
-from inflow.influence import ghost_block, rows_per_chunk
+from inflow.factors import block_widths, check_factors_match, check_same_samples, factor_meta, factor_method, read_factor_blocks
+from inflow.influence import block_tensors, ghost_sum, rows_per_chunk
 from inflow.io import atomic_path, read_metadata, read_table, write_json, write_table
 from inflow.losses import inverse_frequency_weights, per_sample_loss
 from inflow.models import Classifier, resolve_device
 
 log = logging.getLogger(__name__)
+
+METHOD_DESCRIPTIONS = {
+    "last_layer": "ghost dot-product on the final Linear layer",
+    "head_layers": "ghost dot-product on every Linear layer of the head, summed",
+    "projection": "dot product of randomly projected per-sample gradients of all parameters",
+}
 
 OUTPUTS = {
     "neg_loss": "minus the test sample's training loss (class-weighted cross-entropy with label smoothing)",
@@ -158,23 +164,24 @@ def lds(scores: np.ndarray, outputs: np.ndarray) -> tuple[float, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-def summed_influence(a_test: Tensor, e_test: Tensor, a_train: Tensor, e_train: Tensor, lr: float, masks: Tensor, chunk_rows: int) -> Tensor:
-    """One checkpoint's TracIn summed over each subset: ``(ghost block) @ masks^T``.
+def summed_influence(test: list[tuple[Tensor, Tensor]], train: list[tuple[Tensor, Tensor]], lr: float, masks: Tensor, chunk_rows: int) -> Tensor:
+    """One checkpoint's TracIn summed over each subset: ``(ghost sum) @ masks^T``.
 
     Args:
-        a_test: ``(n_test, d_a)``; e_test: ``(n_test, d_out)``; a_train: ``(n_train, d_a)``;
-        e_train: ``(n_train, d_out)``; masks: ``(M, n_train)`` 0/1 float32; lr: the checkpoint's
-        TracIn learning rate; chunk_rows: test rows per dense ``(chunk_rows, n_train)`` block
-        (float32, plus its float64 copy).
+        test: factor blocks ``(a_l (n_test, d_a_l), e_l (n_test, d_out_l))``; train: the same
+        blocks ``(n_train, .)``; masks: ``(M, n_train)`` 0/1 float32; lr: the checkpoint's TracIn
+        learning rate; chunk_rows: test rows per dense ``(chunk_rows, n_train)`` block (float32,
+        plus its float64 copy).
 
     Returns:
-        ``(n_test, M)`` float64: ``sum_i masks[m, i] * lr * <a_t, a_i> <e_t, e_i>``.
+        ``(n_test, M)`` float64: ``sum_i masks[m, i] * lr * sum_l <a_lt, a_li> <e_lt, e_li>``.
     """
-    out = torch.empty(len(a_test), len(masks), dtype=torch.float64, device=a_test.device)
+    n_test = len(test[0][0])
+    out = torch.empty(n_test, len(masks), dtype=torch.float64, device=masks.device)
     masks_t = masks.T.double().contiguous()
-    for start in range(0, len(a_test), chunk_rows):
-        stop = min(start + chunk_rows, len(a_test))
-        block = ghost_block(a_test[start:stop], e_test[start:stop], a_train, e_train, lr)  # (chunk, n_train)
+    for start in range(0, n_test, chunk_rows):
+        stop = min(start + chunk_rows, n_test)
+        block = ghost_sum([(a[start:stop], e[start:stop]) for a, e in test], train, lr)  # (chunk, n_train)
         out[start:stop] = block.double() @ masks_t  # float64: subsets differ by a small part of their sums
     return out
 
@@ -206,24 +213,25 @@ def subset_scores(test_factor_paths: list[str], train_factor_paths: list[str], s
     models, masks = masks_from_table(read_table(subsets_path), train_ids, subsets_path)
     device = resolve_device(device_name)
     masks_t = torch.from_numpy(masks).to(device=device, dtype=torch.float32)
-    chunk = rows_per_chunk(len(train_ids), memory_mb, buffers=4)  # float32 block, e-product, float64 copy
+    chunk = None
     total = torch.zeros(len(test_ids), len(models), dtype=torch.float64, device=device)
-    epochs, lrs, layer = [], [], None
+    epochs, lrs, layer, method = [], [], None, None
     for test_path, train_path in zip(test_factor_paths, train_factor_paths):
-        _, a_q, e_q, meta_q = read_factors(test_path)
-        _, a_r, e_r, meta_r = read_factors(train_path)
+        _, blocks_q, meta_q = read_factor_blocks(test_path)
+        _, blocks_r, meta_r = read_factor_blocks(train_path)
         factor_meta(test_path, meta_q, split="test")
         factor_meta(train_path, meta_r, split="train")
-        check_factors_match(test_path, {**meta_q, "d_a": a_q.shape[1], "d_out": e_q.shape[1]}, train_path, {**meta_r, "d_a": a_r.shape[1], "d_out": e_r.shape[1]})
+        check_factors_match(test_path, {**meta_q, **block_widths(blocks_q)}, train_path, {**meta_r, **block_widths(blocks_r)})
         lr = float(meta_r["tracin_lr"])
-        total += summed_influence(as_tensor(a_q).to(device), as_tensor(e_q).to(device), as_tensor(a_r).to(device), as_tensor(e_r).to(device), lr, masks_t, chunk)
+        chunk = chunk or rows_per_chunk(len(train_ids), memory_mb, buffers=4 + (len(blocks_r) > 1))  # float32 block, products, float64 copy
+        total += summed_influence(block_tensors(blocks_q, device), block_tensors(blocks_r, device), lr, masks_t, chunk)
         epochs.append(meta_r["epoch"])
         lrs.append(lr)
-        layer = meta_r.get("layer", layer)
-        log.info("epoch %s: %d test x %d train, %d subsets, lr %g", meta_r["epoch"], len(test_ids), len(train_ids), len(models), lr)
+        layer, method = meta_r.get("layer", layer), factor_method(meta_r)
+        log.info("epoch %s: %d test x %d train, %d subsets, %d factor block(s) (%s), lr %g", meta_r["epoch"], len(test_ids), len(train_ids), len(models), len(blocks_r), method, lr)
     scores = total.cpu().numpy()
     table = pd.DataFrame({"test_id": np.repeat(test_ids, len(models)), "model": np.tile(models, len(test_ids)), "score": scores.ravel()})
-    write_table(table, out_path, metadata={"epochs": epochs, "tracin_lr": lrs, "layer": layer, "n_train": int(len(train_ids))})
+    write_table(table, out_path, metadata={"epochs": epochs, "tracin_lr": lrs, "layer": layer, "method": method, "n_train": int(len(train_ids))})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,9 +380,10 @@ def write_lds(
         "subset_size": sub_meta.get("subset_size"),
         "n_train": sub_meta.get("n_train"),
         "n_test": int(len(test_ids)),
-        "method": "TracIn, ghost dot-product on the final Linear layer"
+        "method": f"TracIn, {METHOD_DESCRIPTIONS.get(meta.get('method') or 'last_layer', meta.get('method'))}"
                   f" ({meta.get('layer')}), checkpoints at epochs {meta.get('epochs')} with learning rates {meta.get('tracin_lr')};"
                   " prediction for a subset = sum of TracIn over its training samples",
+        "factor_method": meta.get("method") or "last_layer",
         "subset_models_test_accuracy": {"mean": float(accuracy.mean()), "min": float(accuracy.min()), "max": float(accuracy.max())},
     }
     write_json(result, json_out)

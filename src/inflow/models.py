@@ -37,8 +37,11 @@ class Classifier(nn.Module):
         assert isinstance(layer, nn.Linear)
         return layer
 
+    def features(self, x: Tensor) -> Tensor:  # (n, d_features): the input of the head
+        return self.backbone((x - self.mean) / self.std)
+
     def forward(self, x: Tensor) -> Tensor:  # (n, num_classes)
-        return self.head(self.backbone((x - self.mean) / self.std))
+        return self.head(self.features(x))
 
 
 def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:

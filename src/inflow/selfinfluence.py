@@ -1,4 +1,7 @@
-"""Self-influence: TracIn(z, z) = sum_c lr_c |a_c(z)|^2 |e_c(z)|^2 for every training sample.
+"""Self-influence: TracIn(z, z) = sum_c lr_c sum_l |a_lc(z)|^2 |e_lc(z)|^2 for every training sample.
+
+(``l`` runs over the factor blocks of the files: one for the last layer or a projection, one per
+Linear layer for ``head_layers``.)
 
 High self-influence means the sample's own gradient stayed large through training: the model
 kept being pushed to fit it, which is what a wrong label does (Pruthi et al. 2020, sec. 4).
@@ -12,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from inflow.errors import InflowError
-from inflow.factors import check_same_samples, factor_meta, read_factor_meta, read_factors
+from inflow.factors import Block, check_same_samples, factor_meta, read_factor_blocks, read_factor_meta
 from inflow.io import write_table
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,11 @@ def self_influence_terms(a: np.ndarray, e: np.ndarray, lr: float, chunk: int = 6
     return out
 
 
+def self_influence_blocks(blocks: list[Block], lr: float) -> np.ndarray:
+    """``lr * sum_l |a_l|^2 |e_l|^2`` per row, ``(n,)`` float64: the diagonal of :func:`inflow.influence.ghost_sum`."""
+    return np.sum([self_influence_terms(a, e, lr) for a, e in blocks], axis=0)
+
+
 def self_influence(train_factor_paths: list[str], out_path: str, rows_per_read: int = 65536) -> None:
     """Sum self-influence over checkpoints; write sample_id, self_influence and one column per epoch.
 
@@ -44,8 +52,8 @@ def self_influence(train_factor_paths: list[str], out_path: str, rows_per_read: 
         column = np.empty(len(ids0), dtype=np.float64)
         for start in range(0, len(ids0), rows_per_read):
             stop = min(start + rows_per_read, len(ids0))
-            _, a, e, _ = read_factors(path, rows=(start, stop))
-            column[start:stop] = self_influence_terms(a, e, float(meta["tracin_lr"]))
+            _, blocks, _ = read_factor_blocks(path, rows=(start, stop))
+            column[start:stop] = self_influence_blocks(blocks, float(meta["tracin_lr"]))
         name = f"epoch_{meta['epoch']}"
         if name in columns:
             raise InflowError(f"{path}: holds the factors of {name} a second time; each checkpoint's train factors must appear once, rerun the factors rule")

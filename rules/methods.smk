@@ -1,0 +1,147 @@
+# Comparing attribution methods (compare: in the config; off unless compare.enabled). For every
+# method of compare.methods: factors of every checkpoint -> self-influence (mislabel recall, AUROC)
+# and LDS on the subset models of rules/lds.smk, reusing the factors, self_influence, lds_scores
+# and lds rules with `use rule ... with:`. cleanlab_fold (one training per fold) -> cleanlab.
+# method_comparison: one table with every method and the baselines.
+
+
+use rule factors as method_factors with:
+    output:
+        ensure("results/methods/{method}/factors/epoch_{ckpt}/{split}.parquet", non_empty=True),
+    params:
+        loss=loss_settings(),
+        include_bias=config["factors"]["include_bias"],
+        device=config["device"],
+        method=compared_method,
+    log:
+        "logs/methods/{method}/factors/epoch_{ckpt}_{split}.log",
+    benchmark:
+        "benchmarks/methods/{method}/factors/epoch_{ckpt}_{split}.tsv"
+
+
+use rule self_influence as method_self_influence with:
+    input:
+        method_factor_files("train"),
+    output:
+        ensure("results/methods/{method}/self_influence.parquet", non_empty=True),
+    log:
+        "logs/methods/{method}/self_influence.log",
+    benchmark:
+        "benchmarks/methods/{method}/self_influence.tsv"
+
+
+use rule lds_scores as method_lds_scores with:
+    input:
+        test=method_factor_files("test"),
+        train=method_factor_files("train"),
+        subsets="results/lds/subsets.parquet",
+    output:
+        ensure("results/methods/{method}/lds/scores.parquet", non_empty=True),
+    log:
+        "logs/methods/{method}/lds_scores.log",
+    benchmark:
+        "benchmarks/methods/{method}/lds_scores.tsv"
+
+
+use rule lds as method_lds with:
+    input:
+        scores="results/methods/{method}/lds/scores.parquet",
+        outputs=lds_model_outputs(),
+        subsets="results/lds/subsets.parquet",
+    output:
+        json="results/methods/{method}/lds/lds.json",
+        per_test=ensure("results/methods/{method}/lds/per_test.parquet", non_empty=True),
+        scatter="results/methods/{method}/lds/lds_scatter.png",
+    log:
+        "logs/methods/{method}/lds.log",
+    benchmark:
+        "benchmarks/methods/{method}/lds.tsv"
+
+
+rule cleanlab_fold:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+    output:
+        manifest="results/methods/cleanlab/fold_{fold}/manifest.parquet",
+        model="results/methods/cleanlab/fold_{fold}/best.pt",
+        metrics=ensure("results/methods/cleanlab/fold_{fold}/metrics.parquet", non_empty=True),
+        probs=ensure("results/methods/cleanlab/fold_{fold}/pred_probs.parquet", non_empty=True),
+    params:
+        folds=config["compare"]["cleanlab_folds"],
+        model=config["model"],
+        train=fold_train_settings(),
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/methods/cleanlab/fold_{fold}.log",
+    benchmark:
+        "benchmarks/methods/cleanlab/fold_{fold}.tsv"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
+        batch_size=config["factors"]["batch_size"],
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/cleanlab_fold.py"
+
+
+rule cleanlab:
+    input:
+        manifest="results/data/manifest.parquet",
+        probs=cleanlab_fold_files(),
+    output:
+        json="results/methods/cleanlab/cleanlab.json",
+        issues=ensure("results/methods/cleanlab/label_issues.parquet", non_empty=True),
+    log:
+        "logs/methods/cleanlab/cleanlab.log",
+    benchmark:
+        "benchmarks/methods/cleanlab/cleanlab.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/cleanlab.py"
+
+
+rule method_comparison:
+    input:
+        manifest="results/data/manifest.parquet",
+        mislabel="results/mislabel/mislabel_metrics.json",
+        self_influence=compared_files("self_influence.parquet"),
+        lds=compared_files("lds/lds.json"),
+        cleanlab=cleanlab_result(),
+    output:
+        table=report(
+            "results/methods/comparison.csv",
+            caption="../report/methods.rst",
+            category="7. Validation",
+            labels={"item": "methods table"},
+        ),
+        plot=report(
+            "results/methods/comparison.png",
+            caption="../report/methods.rst",
+            category="7. Validation",
+            labels={"item": "methods plot"},
+        ),
+    params:
+        methods=COMPARE_METHODS,
+    log:
+        "logs/methods/comparison.log",
+    benchmark:
+        "benchmarks/methods/comparison.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/method_comparison.py"

@@ -1,0 +1,385 @@
+"""Factor methods (head layers, random projection) against brute force, their config keys, the
+method comparison stage (table, cleanlab baseline) and its DAG."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from snakemake.utils import validate
+
+from conftest import REPO, job_counts
+from inflow import projection
+from inflow.checkpoints import save_checkpoint
+from inflow.config import schema_errors, semantic_errors
+from inflow.crossval import NOT_INSTALLED, cleanlab_issues, fold_assignment
+from inflow.errors import InflowError
+from inflow.factors import (check_factors_match, check_same_samples, extract_factors, head_layer_factors, layer_factors, read_factor_blocks,
+                            read_factor_meta, read_factors, write_factor_blocks, write_factors)
+from inflow.influence import ghost_sum, influence_shard
+from inflow.io import read_table, write_json, write_table
+from inflow.lds import subset_masks, subset_scores
+from inflow.losses import inverse_frequency_weights, per_sample_loss
+from inflow.methods import compare_methods
+from inflow.mislabel import ranking_metrics
+from inflow.models import build_model
+from inflow.prepare import prepare_data
+from inflow.projection import Projector, model_projector, per_sample_gradients
+from inflow.selfinfluence import self_influence
+from test_topk import run_tiled
+
+SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
+WEIGHTS = inverse_frequency_weights(np.array([0, 0, 1, 2, 2, 2, 3, 4]), 5)
+SMOOTHING = 0.1
+
+
+def autograd_gradients(model, x, y, names: list[str]) -> torch.Tensor:
+    """``(n, d)`` float64: each sample's own-loss gradient for the named parameters, one sample at a time."""
+    params = dict(model.named_parameters())
+    rows = []
+    for i in range(len(x)):
+        loss = per_sample_loss(model(x[i : i + 1]), y[i : i + 1], WEIGHTS, SMOOTHING).sum()
+        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, [params[n] for n in names])]).double())
+    return torch.stack(rows)
+
+
+# ---- head layers -----------------------------------------------------------------------------------
+
+
+HEAD = ["head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory):
+    """Head-layer factor files of two checkpoints (two random models) and the brute-force dense TracIn."""
+    d = tmp_path_factory.mktemp("head")
+    torch.manual_seed(0)
+    x = {"train": torch.rand(14, 3, 16, 16), "test": torch.rand(6, 3, 16, 16)}
+    y = {"train": torch.randint(0, 5, (14,)), "test": torch.randint(0, 5, (6,))}
+    ids = {"train": np.arange(100, 114), "test": np.arange(500, 506)}
+    lrs = {2: 0.01, 3: 0.003}
+    paths, dense, self_dense = {}, 0.0, 0.0
+    for epoch, lr in lrs.items():
+        torch.manual_seed(epoch)
+        model = build_model("resnet9", num_classes=5, width=4).eval()
+        grads = {}
+        for split in ("train", "test"):
+            blocks = head_layer_factors(model, x[split], y[split], WEIGHTS, SMOOTHING, include_bias=True)
+            assert [(a.shape[1], e.shape[1]) for a, e in blocks] == [(65, 5), (33, 64)]  # final layer first
+            last = layer_factors(model, x[split], y[split], WEIGHTS, SMOOTHING, include_bias=True)
+            torch.testing.assert_close(blocks[0], last, rtol=1e-6, atol=1e-7)  # block 0 is the last-layer factors
+            paths[(epoch, split)] = str(d / f"epoch_{epoch}_{split}.parquet")
+            write_factor_blocks(paths[(epoch, split)], ids[split], [(a.numpy(), e.numpy()) for a, e in blocks],
+                                {"epoch": epoch, "tracin_lr": lr, "split": split, "method": "head_layers", "layers": ["head.2", "head.0"]})
+            grads[split] = autograd_gradients(model, x[split], y[split], HEAD)
+        dense = dense + lr * (grads["test"] @ grads["train"].T).numpy()
+        self_dense = self_dense + lr * (grads["train"] ** 2).sum(1).numpy()
+    return paths, lrs, ids, dense, self_dense
+
+
+def test_head_layers_influence_equals_brute_force_gradient_dot_products(head_run, tmp_path) -> None:
+    """Tiled shards + exact top-k, self-influence and LDS subset sums on two-block files = per-sample
+    autograd gradients of both head Linear layers (weights and biases), summed over checkpoints with lr."""
+    paths, lrs, ids, dense, self_dense = head_run
+    k = 4
+    topk, summary = run_tiled(paths, lrs, tmp_path, 2, 2, k)
+    pro = topk[topk.kind == "proponent"].sort_values(["test_id", "rank"])
+    order = np.argsort(-dense, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(pro.train_id.to_numpy().reshape(-1, k), ids["train"][order])
+    np.testing.assert_allclose(pro.influence.to_numpy().reshape(-1, k), np.take_along_axis(dense, order, 1), rtol=1e-4)
+    np.testing.assert_allclose(summary.net_influence, dense.sum(1), rtol=1e-4, atol=1e-6 * np.abs(dense).max())
+
+    self_influence([paths[(e, "train")] for e in lrs], str(tmp_path / "self.parquet"))
+    np.testing.assert_allclose(read_table(tmp_path / "self.parquet").self_influence, self_dense, rtol=1e-5)
+
+    masks = subset_masks(len(ids["train"]), 4, 0.5, seed=0)
+    models, cols = np.nonzero(masks)
+    write_table(pd.DataFrame({"model": models, "sample_id": ids["train"][cols]}), tmp_path / "subsets.parquet")
+    subset_scores([paths[(e, "test")] for e in lrs], [paths[(e, "train")] for e in lrs], str(tmp_path / "subsets.parquet"), str(tmp_path / "s.parquet"))
+    got = read_table(tmp_path / "s.parquet").pivot(index="test_id", columns="model", values="score").to_numpy()
+    np.testing.assert_allclose(got, dense @ masks.T, rtol=1e-4, atol=1e-6 * np.abs(dense).max())
+
+
+def test_multi_block_files_read_only_as_blocks(head_run) -> None:
+    paths, *_ = head_run
+    ids, blocks, meta = read_factor_blocks(paths[(2, "train")], rows=(3, 9))
+    assert len(blocks) == 2 and len(ids) == 6 and meta["method"] == "head_layers"
+    with pytest.raises(InflowError, match=r"holds 2 factor blocks \(head_layers\); read it with read_factor_blocks"):
+        read_factors(paths[(2, "train")])
+
+
+def test_mixing_factor_methods_stops(head_run, tmp_path) -> None:
+    paths, *_ = head_run
+    rng = np.random.default_rng(0)
+    last = str(tmp_path / "last_train.parquet")
+    write_factors(last, np.arange(100, 114), rng.normal(size=(14, 65)).astype(np.float32), rng.normal(size=(14, 5)).astype(np.float32),
+                  {"epoch": 2, "tracin_lr": 0.01, "split": "train"})  # no method recorded: last layer
+    with pytest.raises(InflowError, match=r"factors of two methods \(head_layers vs last_layer\); delete both and rerun the factors rule with one factors.method"):
+        influence_shard(paths[(2, "test")], last, "0-0", 1, 1, str(tmp_path / "shard.npy"))
+    with pytest.raises(InflowError, match=r"last_train.parquet: holds last_layer factors but .* holds head_layers factors"):
+        check_same_samples([paths[(2, "train")], last])
+    with pytest.raises(InflowError, match=r"\(projection_dim 64 vs 128\)"):
+        check_factors_match("t", {"method": "projection", "projection_dim": 64}, "r", {"method": "projection", "projection_dim": 128})
+    assert not (tmp_path / "shard.npy").exists()
+
+
+# ---- random projection -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = build_model("resnet9", num_classes=5, width=2).eval()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    return model, x, y
+
+
+def test_per_sample_gradients_equal_autograd_one_by_one(tiny_model) -> None:
+    model, x, y = tiny_model
+    names = [n for n, _ in model.named_parameters()]
+    grads = per_sample_gradients(model, x, y, WEIGHTS, SMOOTHING)
+    assert list(grads) == names  # every parameter, backbone (BatchNorm in eval mode) and head
+    flat = torch.cat([grads[n].reshape(len(x), -1) for n in names], 1).double()
+    torch.testing.assert_close(flat, autograd_gradients(model, x, y, names), rtol=1e-4, atol=1e-6)
+
+
+def test_projected_dot_products_approximate_full_gradient_dot_products(tiny_model) -> None:
+    """E[<p, p'>] = <g, g'>; the error relative to |g| |g'| is about sqrt((1 + cos^2) / k): below
+    2.5 / sqrt(k) at k = 4096 (RMS over all pairs), and 16x more dimensions cut it about 4x."""
+    model, x, y = tiny_model
+    grads = per_sample_gradients(model, x, y, WEIGHTS, SMOOTHING)
+    g = torch.cat([v.reshape(len(x), -1) for v in grads.values()], 1).double()
+    exact = g @ g.T
+    norms = g.norm(dim=1)
+    rms = {}
+    for k in (256, 4096):
+        p = model_projector(model, k, seed=1).project(grads).double()
+        rms[k] = float((((p @ p.T) - exact) / torch.outer(norms, norms)).pow(2).mean().sqrt())
+    assert rms[4096] < 2.5 / math.sqrt(4096), rms
+    assert 2.0 < rms[256] / rms[4096] < 8.0, rms  # 1/sqrt(k): a ratio of 4 expected
+
+
+def test_projection_is_seeded_chunked_and_batch_independent(tiny_model, monkeypatch) -> None:
+    model, x, y = tiny_model
+    grads = per_sample_gradients(model, x, y, WEIGHTS, SMOOTHING)
+    p = model_projector(model, 64, seed=3).project(grads)
+    torch.testing.assert_close(model_projector(model, 64, seed=3).project(grads), p, rtol=0, atol=0)  # a fresh projector: the same matrix
+    assert not torch.allclose(model_projector(model, 64, seed=4).project(grads), p)
+    halves = [model_projector(model, 64, seed=3).project({n: v[s] for n, v in grads.items()}) for s in (slice(0, 3), slice(3, 8))]
+    torch.testing.assert_close(torch.cat(halves), p, rtol=1e-5, atol=1e-6)  # rows do not depend on the batch
+    monkeypatch.setattr(projection, "CHUNK_ROWS", 100)  # parameters split into several generated chunks
+    uncached = Projector({n: v[0].numel() for n, v in grads.items()}, 64, seed=3, cache_mb=0)
+    r = torch.cat([uncached.chunk(n, i) for n, numel in uncached.shapes.items() for i in range(-(-numel // 100))])
+    assert r.shape == (sum(uncached.shapes.values()), 64) and set(r.unique().tolist()) == {-1.0, 1.0}
+    g = torch.cat([v.reshape(len(x), -1) for v in grads.values()], 1)
+    torch.testing.assert_close(uncached.project(grads), g @ r / 8.0, rtol=1e-4, atol=1e-6)
+    scales = {n: (0.0 if n.startswith("backbone") else 2.0) for n in grads}
+    head_only = g[:, -sum(v[0].numel() for n, v in grads.items() if n.startswith("head")):]
+    torch.testing.assert_close(uncached.project(grads, scales), 2.0 * head_only @ r[-head_only.shape[1]:] / 8.0, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    """A small synthetic dataset and one untrained checkpoint (head lr 2x the backbone's)."""
+    d = tmp_path_factory.mktemp("data")
+    cfg = {"source": "synthetic", "image_size": 8, "noise_rate": 0.1, "val_fraction": 0.1, "synthetic": {"n_train": 40, "n_test": 20}}
+    prepare_data(cfg, 0, str(d / "images.npy"), str(d / "manifest.parquet"), str(d / "skipped.csv"), str(d / "classes.json"))
+    torch.manual_seed(0)
+    save_checkpoint(build_model("resnet9", 10, width=2), {"name": "resnet9", "num_classes": 10, "width": 2}, d / "epoch_1.pt",
+                    {"epoch": 1, "lr": {"backbone": 1e-3, "head": 2e-3}, "tracin_lr": 2e-3, "hooked_layer": "head.2"}, d / "epoch_1.json")
+    return d
+
+
+def extract(d: Path, split: str, method: dict, name: str) -> str:
+    out = str(d / f"{name}_{split}.parquet")
+    extract_factors(str(d / "images.npy"), str(d / "manifest.parquet"), str(d / "epoch_1.pt"), str(d / "epoch_1.json"), split,
+                    {"class_weights": True, "label_smoothing": 0.1}, True, 7, "cpu", out, method)
+    return out
+
+
+def test_projection_factor_files_share_one_matrix_across_splits(data_run) -> None:
+    """Train and test files (written by separate calls, batches of 7) hold projections by the same seeded
+    matrix, with the backbone's gradients weighted by sqrt(lr_backbone / lr_head); their influence is
+    lr * <p, p'>."""
+    from inflow.checkpoints import load_checkpoint
+    from inflow.data import load_manifest, load_split
+
+    method = {"method": "projection", "projection_dim": 32, "projection_seed": 5}
+    paths = {split: extract(data_run, split, method, "proj") for split in ("train", "test")}
+    manifest, _ = load_manifest(str(data_run / "manifest.parquet"))
+    model = load_checkpoint(str(data_run / "epoch_1.pt"), torch.device("cpu"))
+    weights = inverse_frequency_weights(manifest.loc[manifest.split == "train", "label"].to_numpy(), 10)
+    for split, path in paths.items():
+        ids, blocks, meta = read_factor_blocks(path)
+        assert meta["method"] == "projection" and meta["projection_dim"] == 32 and meta["projection_seed"] == 5 and meta["d_a"] == 32 and meta["d_out"] == 1
+        (a, e), = blocks
+        np.testing.assert_array_equal(e, 1.0)
+        data = load_split(str(data_run / "images.npy"), manifest, split)
+        x, y = data.batch(slice(None), torch.device("cpu"))
+        grads = per_sample_gradients(model, x, y, weights, 0.1)
+        scales = {n: (math.sqrt(0.5) if n.startswith("backbone") else 1.0) for n in grads}
+        torch.testing.assert_close(torch.from_numpy(a.copy()), model_projector(model, 32, 5).project(grads, scales), rtol=1e-4, atol=1e-6)
+    shard = data_run / "proj_shard.npy"
+    influence_shard(paths["test"], paths["train"], "0-0", 1, 1, str(shard))
+    a_q, a_r = read_factors(paths["test"])[1], read_factors(paths["train"])[1]
+    np.testing.assert_allclose(np.load(shard), 2e-3 * a_q.astype(np.float64) @ a_r.T, rtol=1e-4, atol=1e-9)
+
+
+def test_head_layer_factor_files_record_their_layers(data_run) -> None:
+    path = extract(data_run, "test", {"method": "head_layers"}, "head")
+    _, blocks, meta = read_factor_blocks(path)
+    assert meta["method"] == "head_layers" and meta["layers"] == ["head.2", "head.0"]
+    assert meta["d_a"] == [65, 17] and meta["d_out"] == [10, 64] and [b[0].shape[1] for b in blocks] == [65, 17]
+    assert read_factor_meta(extract(data_run, "test", {"method": "last_layer"}, "last"))["method"] == "last_layer"
+
+
+def test_ghost_sum_of_one_block_is_ghost_block() -> None:
+    from inflow.influence import ghost_block
+
+    rng = np.random.default_rng(0)
+    a_q, e_q, a_r, e_r = (torch.from_numpy(rng.normal(size=s).astype(np.float32)) for s in ((5, 7), (5, 3), (9, 7), (9, 3)))
+    assert torch.equal(ghost_sum([(a_q, e_q)], [(a_r, e_r)], 0.1), ghost_block(a_q, e_q, a_r, e_r, 0.1))
+    both = ghost_sum([(a_q, e_q), (e_q, a_q)], [(a_r, e_r), (e_r, a_r)], 0.1)
+    torch.testing.assert_close(both, 2 * ghost_block(a_q, e_q, a_r, e_r, 0.1))
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+
+def config_errors(over: dict) -> list[str]:
+    cfg = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    for section, values in over.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    lines = schema_errors(cfg, SCHEMA)
+    if lines:
+        return lines
+    validate(cfg, SCHEMA, set_default=True)
+    return semantic_errors(cfg)
+
+
+def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
+    cfg: dict = {}
+    validate(cfg, SCHEMA, set_default=True)
+    assert cfg["factors"]["method"] == "last_layer" and cfg["factors"]["projection_dim"] == 512 and cfg["factors"]["projection_seed"] == 0
+    assert cfg["compare"] == {"enabled": False, "methods": ["last_layer", "head_layers", "projection"], "cleanlab_folds": 5}
+    assert config_errors({"factors": {"method": "projection", "projection_dim": 64}, "compare": {"methods": ["projection"], "cleanlab_folds": 0}}) == []
+    for over, line in [
+        ({"factors": {"method": "all_layers"}}, "factors.method: 'all_layers' is not one of ['last_layer', 'head_layers', 'projection']; use one of"),
+        ({"factors": {"projection_dim": 0}}, "factors.projection_dim: 0 is less than the minimum of 1; use a value >= 1 (default: 512)"),
+        ({"compare": {"methods": []}}, "compare.methods: [] should be non-empty"),
+        ({"compare": {"methods": ["tracin"]}}, "compare.methods.0: 'tracin' is not one of"),
+        ({"compare": {"cleanlab_folds": 1}}, "compare.cleanlab_folds=1 leaves no other fold to train on; use 2 or more"),
+    ]:
+        errors = config_errors(over)
+        assert len(errors) == 1 and errors[0].startswith(line) and "\n" not in errors[0], errors
+
+
+# ---- the comparison stage ----------------------------------------------------------------------------
+
+
+def dry_run_jobs(workdir: Path, over: dict, *targets: str) -> dict[str, int]:
+    path = workdir / "over.yaml"
+    path.write_text(yaml.safe_dump(over))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(REPO / "tests/configs/tiny.yaml"), str(path),
+           "--cores", "2", "-n", *targets]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return job_counts(proc.stdout)
+
+
+def test_dry_run_of_the_comparison_plans_every_method_and_baseline(tmp_path) -> None:
+    jobs = dry_run_jobs(tmp_path, {"compare": {"cleanlab_folds": 3}, "lds": {"n_models": 4}}, "results/methods/comparison.csv")
+    expected = {"method_factors": 3 * 2 * 2, "method_self_influence": 3, "method_lds_scores": 3, "method_lds": 3, "lds_subsets": 1, "lds_train": 4,
+                "cleanlab_fold": 3, "cleanlab": 1, "method_comparison": 1, "mislabel": 1, "train": 1, "factors": 4}
+    assert {rule: jobs.get(rule) for rule in expected} == expected, jobs
+    jobs = dry_run_jobs(tmp_path, {"compare": {"enabled": True, "methods": ["projection"], "cleanlab_folds": 0}, "factors": {"method": "head_layers"}})
+    assert jobs.get("method_factors") == 4 and jobs.get("method_comparison") == 1 and jobs.get("factors") == 4, jobs
+    assert not {"cleanlab", "cleanlab_fold"} & set(jobs), jobs
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture
+def comparison_inputs(tmp_path):
+    """A manifest with 10% flipped labels, per-method self-influence and LDS results, mislabel metrics."""
+    rng = np.random.default_rng(0)
+    n = 200
+    flipped = np.zeros(n, dtype=bool)
+    flipped[rng.choice(n, 20, replace=False)] = True
+    manifest = pd.DataFrame({"sample_id": np.arange(n + 10), "split": ["train"] * n + ["test"] * 10,
+                             "label": rng.integers(0, 4, n + 10), "flipped": np.r_[flipped, np.zeros(10, bool)]})
+    write_table(manifest, tmp_path / "manifest.parquet", metadata={"class_names": ["a", "b", "c", "d"]})
+    paths = {"self_influence": [], "lds": []}
+    for i, method in enumerate(["last_layer", "projection"]):
+        score = flipped * (1.0 + i) + rng.normal(size=n)
+        write_table(pd.DataFrame({"sample_id": np.arange(n)[::-1], "self_influence": score[::-1]}), tmp_path / f"{method}.parquet")
+        write_json({"lds": 0.1 * i, "ci95": [0.1 * i - 0.05, 0.1 * i + 0.05], "output": "neg_loss", "n_models": 8}, tmp_path / f"{method}.json")
+        paths["self_influence"].append(str(tmp_path / f"{method}.parquet"))
+        paths["lds"].append(str(tmp_path / f"{method}.json"))
+    write_json({"score": ["self_influence", "disagreement"], "ranking": {"recall_at_10pct": 0.7, "auroc": 0.9},
+                "baseline_loss": {"recall_at_10pct": 0.6, "auroc": 0.85}}, tmp_path / "mislabel.json")
+    return tmp_path, manifest, flipped, paths
+
+
+def test_comparison_table_has_every_row(comparison_inputs, monkeypatch) -> None:
+    d, manifest, flipped, paths = comparison_inputs
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # as if not installed: the row says so, nothing fails
+    probs = rng_probs(manifest, flipped)
+    write_table(probs, d / "probs.parquet")
+    cleanlab_issues(str(d / "manifest.parquet"), [str(d / "probs.parquet")], str(d / "cleanlab.json"), str(d / "issues.parquet"))
+    assert json.loads((d / "cleanlab.json").read_text())["available"] is False
+    table = compare_methods(str(d / "manifest.parquet"), str(d / "mislabel.json"), ["last_layer", "projection"], paths["self_influence"], paths["lds"],
+                            [str(d / "cleanlab.json")], str(d / "comparison.csv"), str(d / "comparison.png"))
+    assert table.row.tolist() == ["tracin:last_layer", "tracin:projection", "workflow ranking", "training loss", "cleanlab"]
+    for i, path in enumerate(paths["self_influence"]):
+        si = read_table(path).set_index("sample_id").self_influence.loc[np.arange(len(flipped))].to_numpy()
+        assert table.recall_at_10pct[i] == pytest.approx(ranking_metrics(si, flipped)["recall_at_10pct"])
+        assert table.lds[i] == pytest.approx(0.1 * i) and table.lds_ci_high[i] == pytest.approx(0.1 * i + 0.05)
+    assert table.recall_at_10pct[2] == 0.7 and table.auroc[3] == 0.85 and np.isnan(table.lds[2])
+    assert table.note[4] == NOT_INSTALLED and np.isnan(table.recall_at_10pct[4])
+    assert pd.read_csv(d / "comparison.csv").shape == (5, 9) and (d / "comparison.png").stat().st_size > 0
+
+
+def rng_probs(manifest: pd.DataFrame, flipped: np.ndarray) -> pd.DataFrame:
+    """Out-of-sample probabilities that give the flipped labels little probability, as fold tables do."""
+    rng = np.random.default_rng(1)
+    train = manifest[manifest.split == "train"]
+    labels = train.label.to_numpy()
+    logits = rng.normal(size=(len(train), 4))
+    logits[np.arange(len(train)), np.where(flipped, (labels + 1) % 4, labels)] += 4.0  # a flipped sample looks like another class
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return pd.DataFrame({"sample_id": train.sample_id, "fold": np.arange(len(train)) % 2, "label": labels, **{f"p_{c}": p[:, c] for c in range(4)}})
+
+
+def test_cleanlab_finds_the_flipped_labels(comparison_inputs) -> None:
+    pytest.importorskip("cleanlab")
+    d, manifest, flipped, _ = comparison_inputs
+    probs = rng_probs(manifest, flipped)
+    write_table(probs[probs.fold == 0], d / "fold_0.parquet")
+    write_table(probs[probs.fold == 1], d / "fold_1.parquet")
+    cleanlab_issues(str(d / "manifest.parquet"), [str(d / "fold_0.parquet"), str(d / "fold_1.parquet")], str(d / "cleanlab.json"), str(d / "issues.parquet"))
+    result = json.loads((d / "cleanlab.json").read_text())
+    assert result["available"] and result["n_folds"] == 2 and result["n_flagged"] > 0
+    assert result["metrics"]["recall_at_10pct"] > 0.8 and result["flagged_recall"] > 0.8
+    issues = read_table(d / "issues.parquet")
+    assert issues.flagged.sum() == result["n_flagged"] and issues.label_quality.notna().all()
+    assert sorted(issues.issue_rank.dropna().astype(int)) == list(range(1, result["n_flagged"] + 1))
+    with pytest.raises(InflowError, match="do not cover every training sample exactly once"):
+        cleanlab_issues(str(d / "manifest.parquet"), [str(d / "fold_0.parquet")], str(d / "c.json"), str(d / "i.parquet"))
+
+
+def test_folds_are_stratified_and_seeded() -> None:
+    labels = np.repeat(np.arange(3), [10, 7, 5])
+    folds = fold_assignment(labels, 3, seed=0)
+    np.testing.assert_array_equal(folds, fold_assignment(labels, 3, seed=0))
+    assert not np.array_equal(folds, fold_assignment(labels, 3, seed=1))
+    for c in range(3):
+        counts = np.bincount(folds[labels == c], minlength=3)
+        assert counts.max() - counts.min() <= 1
