@@ -99,6 +99,7 @@ def all_outputs():
         class_dashboards,
         test_sample_grids,
         *replay_outputs(),
+        *replay_lds_outputs(),
         *lds_outputs(),
         *clean_outputs(),
         *runs_outputs(),
@@ -214,6 +215,29 @@ def replay_outputs():
 def replay_loss_settings():
     """The training-config keys that define the per-sample loss the replay weights (not epochs, lrs)."""
     return {key: config["train"][key] for key in ("class_weights", "label_smoothing")}
+
+
+# Replay LDS (rules/replay.smk): the replay run retrained on random subsets (one job per subset
+# model and alpha), scored against the replay and TracIn; off unless replay.enabled.
+REPLAY_LDS_ALPHAS = [f"{alpha:g}" for alpha in config["replay"]["lds_alphas"]]
+REPLAY_LDS_MODELS = [str(m) for m in range(config["replay"]["lds_models"])]
+
+
+def replay_lds_outputs():
+    """What `snakemake` builds for the replay LDS: nothing unless replay.enabled and replay.lds_models > 0."""
+    if not config["replay"]["enabled"] or not REPLAY_LDS_MODELS:
+        return []
+    return ["results/replay/lds.json", "results/replay/lds.png"]
+
+
+def replay_lds_subset_files(wildcards=None):
+    """Every alpha's subsets table, alpha order."""
+    return expand("results/replay/lds/alpha_{alpha}/subsets.parquet", alpha=REPLAY_LDS_ALPHAS)
+
+
+def replay_lds_model_outputs(wildcards=None):
+    """Every subset model's measurement of the replay targets, alpha then model order."""
+    return expand("results/replay/lds/alpha_{alpha}/model_{model}.parquet", alpha=REPLAY_LDS_ALPHAS, model=REPLAY_LDS_MODELS)
 
 
 def scaled(base):

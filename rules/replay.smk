@@ -1,5 +1,5 @@
 # Exact attribution by replaying training (REPLAY / MAGIC metagradients), off unless replay.enabled.
-# replay_train -> replay_targets (one job per group of targets) -> replay_merge.
+# replay_train -> replay_targets (one job per group of targets) -> replay_merge; replay LDS below.
 
 
 rule replay_train:
@@ -79,3 +79,121 @@ rule replay_merge:
         "../envs/inflow.yaml"
     script:
         "../workflow_scripts/replay_merge.py"
+
+
+# Replay LDS: the replay run retrained on random subsets (w_i = 0 for the dropped samples; one
+# job per subset model and alpha), TracIn on the replay run's states, and the LDS of both.
+
+
+rule replay_lds_subsets:
+    input:
+        manifest="results/data/manifest.parquet",
+    output:
+        ensure("results/replay/lds/alpha_{alpha}/subsets.parquet", non_empty=True),
+    params:
+        n_models=config["replay"]["lds_models"],
+        seed=config["replay"]["lds_seed"],
+    wildcard_constraints:
+        alpha=r"[0-9.e-]+",
+    log:
+        "logs/replay_lds/alpha_{alpha}/subsets.log",
+    benchmark:
+        "benchmarks/replay_lds/alpha_{alpha}/subsets.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/replay_lds_subsets.py"
+
+
+rule replay_lds_train:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        states="results/replay/train/states.pt",
+        targets="results/replay/targets.parquet",
+        subsets="results/replay/lds/alpha_{alpha}/subsets.parquet",
+    output:
+        ensure("results/replay/lds/alpha_{alpha}/model_{model}.parquet", non_empty=True),
+    params:
+        objective=config["replay"]["objective"],
+        device=config["device"],
+    wildcard_constraints:
+        alpha=r"[0-9.e-]+",
+        model=r"\d+",
+    log:
+        "logs/replay_lds/alpha_{alpha}/model_{model}.log",
+    benchmark:
+        "benchmarks/replay_lds/alpha_{alpha}/model_{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/replay_lds_train.py"
+
+
+rule replay_lds_tracin:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        states="results/replay/train/states.pt",
+        targets="results/replay/targets.parquet",
+    output:
+        ensure("results/replay/lds/tracin.parquet", non_empty=True),
+    params:
+        objective=config["replay"]["objective"],
+        variants=config["replay"]["lds_tracin"],
+        device=config["device"],
+    log:
+        "logs/replay_lds/tracin.log",
+    benchmark:
+        "benchmarks/replay_lds/tracin.tsv"
+    threads: 2
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(120),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/replay_lds_tracin.py"
+
+
+rule replay_lds:
+    input:
+        scores="results/replay/scores.parquet",
+        tracin="results/replay/lds/tracin.parquet",
+        groups=replay_group_files,
+        subsets=replay_lds_subset_files(),
+        outputs=replay_lds_model_outputs(),
+    output:
+        json="results/replay/lds.json",
+        per_target=ensure("results/replay/lds/per_target.parquet", non_empty=True),
+        plot=report(
+            "results/replay/lds.png",
+            caption="../report/replay_lds.rst",
+            category="7. Validation",
+            labels={"item": "replay LDS"},
+        ),
+    params:
+        bootstrap=config["replay"]["lds_bootstrap"],
+        seed=config["replay"]["lds_seed"],
+    log:
+        "logs/replay_lds/lds.log",
+    benchmark:
+        "benchmarks/replay_lds/lds.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    conda:
+        "../envs/inflow.yaml"
+    script:
+        "../workflow_scripts/replay_lds.py"

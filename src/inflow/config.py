@@ -149,6 +149,12 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
     replay = config["replay"]
     if replay["optimizer"] == "sgd" and replay["nesterov"] and replay["momentum"] == 0:
         errors.append("replay.nesterov: Nesterov momentum needs replay.momentum > 0; set momentum (e.g. 0.9) or nesterov: false")
+    if 0 < replay["lds_models"] < 3:
+        errors.append(f"replay.lds_models={replay['lds_models']}: a rank correlation across fewer than 3 subset models means nothing; use 3 or more (16 is usual), or 0 for no replay LDS")
+    if replay["enabled"] and replay["lds_models"] and sizes is not None:
+        bad = [a for a in replay["lds_alphas"] if not 0 < round(a * sizes[0]) < sizes[0]]
+        if bad:
+            errors.append(f"replay.lds_alphas: {bad} keep none or all of the {sizes[0]} training images; use fractions that drop at least one image and keep at least one")
     seeds = config["runs"]["seeds"]
     if seeds and all(seed == config["seed"] for seed in seeds):
         errors.append(f"runs.seeds: {seeds} lists only the main run's seed ({config['seed']}); add other seeds to compare runs, or leave it empty")
