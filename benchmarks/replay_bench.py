@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/replay_bench.py timing                  # ResNet-9 width 16, 32x32, batch 64
     .venv/bin/python benchmarks/replay_bench.py timing --n-train 2700 --epochs 12   # the workflow's full default run
     .venv/bin/python benchmarks/replay_bench.py lds                     # tiny MLP: replay vs TracIn, Spearman
+    .venv/bin/python benchmarks/replay_bench.py sensitivity             # is the replay run smooth in w? (ResNet-9, ReLU + max pooling)
+    .venv/bin/python benchmarks/replay_bench.py sensitivity --smooth    # the same with GELU and average pooling
 
 ``timing`` prepares the built-in synthetic data, then runs the workflow's own functions, each in a
 fresh child process as each rule runs as its own job (so the peak RSS printed is that job's
@@ -22,6 +24,14 @@ every method predicts the change from its scores (replay: ``df/dw . (w - 1)``; T
 actual losses over the subsets, averaged over targets. TracIn is computed on the same run's
 epoch checkpoints with the epoch's mean learning rate, on all parameters and on the last layer
 only (what the workflow uses). Nothing here is a test: it prints figures.
+
+``sensitivity`` asks whether the replay run is smooth in the sample weights, which the replay
+LDS needs: on the data of ``tests/configs/replay_lds.yaml`` (900 training images at 16 px,
+ResNet-9 width 8, 6 epochs), it lowers the weights of the 18 training samples that the first
+alpha = 0.98 subset drops by ``eps`` = 1e-6, 1e-3 and 1 (dropped), retrains replayably from the
+same initial state, and prints the mean absolute change of the 200 test losses. A smooth run
+changes about in proportion to ``eps``. ``--smooth`` swaps ReLU for GELU and max for average
+pooling (not a workflow model).
 """
 
 from __future__ import annotations
@@ -201,9 +211,64 @@ def lds(args: argparse.Namespace) -> None:
     print(table.round(3).to_string())
 
 
+# -- sensitivity ---------------------------------------------------------------------------------
+def smooth_layers(module: nn.Module) -> None:
+    """In place: GELU for every ReLU/LeakyReLU, average for max pooling (a differentiable training step)."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.ReLU, nn.LeakyReLU)):
+            setattr(module, name, nn.GELU())
+        elif isinstance(child, nn.MaxPool2d):
+            setattr(module, name, nn.AvgPool2d(child.kernel_size))
+        elif isinstance(child, nn.AdaptiveMaxPool2d):
+            setattr(module, name, nn.AdaptiveAvgPool2d(child.output_size))
+        else:
+            smooth_layers(child)
+
+
+def sensitivity(args: argparse.Namespace) -> None:
+    from inflow.data import load_manifest, load_split
+    from inflow.lds import subset_masks
+    from inflow.replay_data import functional_model, optimizer_of, split_tensor
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        wd = Path(tmp)
+        cfg = {"source": "synthetic", "image_size": 16, "noise_rate": 0.1, "val_fraction": 0.1, "synthetic": {"n_train": 1000, "n_test": 200}}
+        prepare_data(cfg, 0, str(wd / "images.npy"), str(wd / "manifest.parquet"), str(wd / "skipped.csv"), str(wd / "classes.json"))
+        manifest, names = load_manifest(str(wd / "manifest.parquet"))
+        train_set, test_set = load_split(str(wd / "images.npy"), manifest, "train"), load_split(str(wd / "images.npy"), manifest, "test")
+    torch.manual_seed(0)
+    fm = functional_model({"name": "resnet9", "num_classes": len(names), "width": 8}, inverse_frequency_weights(train_set.labels, len(names)), 0.1, torch.device("cpu"))
+    if args.smooth:
+        smooth_layers(fm.model)
+        fm = R.FunctionalModel(fm.model, fm.loss_fn)
+    opt = optimizer_of({**REPLAY, "optimizer": args.optimizer})
+    x, y = split_tensor(train_set, torch.device("cpu"), fm.dtype)
+    x_test, y_test = split_tensor(test_set, torch.device("cpu"), fm.dtype)
+    lr = args.lr or (1e-3 if args.optimizer == "adamw" else 0.02)
+    sched = make_schedule(len(y), 64, args.epochs or 6, 0, {"lr": lr, "lr_schedule": "constant", "lr_peak_fraction": 0.25}, True)
+    start = fm.initial_state(opt)
+    dropped = torch.as_tensor(~subset_masks(len(y), 1, 0.98, 0)[0])
+
+    def test_losses(w: torch.Tensor) -> tuple[np.ndarray, float]:
+        final = R.train(fm, opt, x, y, sched, weights=w, checkpoint_every=len(sched) + 1, state=start).final
+        with torch.no_grad():
+            logits = fm.eval_logits(final.theta, final.bn, x_test)
+        return fm.loss_fn(logits, y_test).double().numpy(), float((logits.argmax(1) == y_test).float().mean())
+
+    base, accuracy = test_losses(torch.ones(len(y)))
+    changes = []
+    for eps in (1e-6, 1e-3, 1.0):
+        w = torch.ones(len(y))
+        w[dropped] -= eps
+        changes.append(f"eps {eps:g}: {np.abs(test_losses(w)[0] - base).mean():.2e}")
+    print(f"ResNet-9 width 8{' (GELU, average pooling)' if args.smooth else ''}, {args.optimizer} lr {lr:g}, {len(sched)} steps, test accuracy {accuracy:.3f}; "
+          f"mean |change of the test losses| when {int(dropped.sum())} training weights are lowered by " + ", ".join(changes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["timing", "lds", "child"], nargs="?", default="timing")
+    parser.add_argument("what", choices=["timing", "lds", "sensitivity", "child"], nargs="?", default="timing")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=32)
@@ -216,19 +281,23 @@ def main() -> None:
     parser.add_argument("--n-targets", type=int, default=10, help="lds: test targets")
     parser.add_argument("--subsets", type=int, default=40, help="lds: random subsets per drop rate")
     parser.add_argument("--drop", type=float, nargs="+", default=[0.05, 0.2, 0.5], help="lds: fraction of training samples dropped")
-    parser.add_argument("--lr", type=float, default=0.05, help="lds: peak learning rate")
+    parser.add_argument("--lr", type=float, default=None, help="lds: peak learning rate (default 0.05); sensitivity: the constant rate (default 1e-3 adamw, 0.02 sgd)")
+    parser.add_argument("--smooth", action="store_true", help="sensitivity: GELU and average pooling instead of ReLU and max pooling")
     parser.add_argument("--workdir")
     parser.add_argument("--job")
     parser.add_argument("--k", type=int, default=0)
     args = parser.parse_args()
     if args.what == "child":
         child(args)
+    elif args.what == "sensitivity":
+        sensitivity(args)
     elif args.what == "timing":
         args.epochs, args.batch_size = args.epochs or 2, args.batch_size or 64
         timing(args)
     else:
         args.epochs, args.batch_size = args.epochs or 20, args.batch_size or 20
         args.n_train = 200 if args.n_train == 640 else args.n_train
+        args.lr = args.lr or 0.05
         lds(args)
 
 

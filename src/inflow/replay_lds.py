@@ -262,7 +262,7 @@ def plot_replay_lds(result: dict[str, Any], scatter: list[tuple[np.ndarray, np.n
     ax.set_xticks(np.arange(len(alphas)), [f"alpha {a['alpha']:g}\n({a['n_dropped']} dropped)" for a in alphas])
     ax.set_ylabel("LDS (mean Spearman over targets)")
     ax.set_ylim(min(-0.2, ax.get_ylim()[0]), 1.05)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper right")
     for ax, a, (pred, meas, rho) in zip(axes[1:], alphas, scatter):
         valid = np.flatnonzero(np.isfinite(rho))
         if len(valid) == 0:
