@@ -79,11 +79,11 @@ BAD = {
                                   "dataset.imagefolder.path: /no/such/folder does not exist; give the folder that holds one folder per class"),
     "image folder path is a file": ({"dataset": {"source": "imagefolder", "imagefolder": {"path": str(REPO / "README.md")}}},
                                     f"dataset.imagefolder.path: {REPO / 'README.md'} is a file, not a directory"),
-    "replay top_k beyond training set": ({"replay": {"top_k": 300}}, "replay.top_k=300 is more than the 220 training images; lower it"),
-    "replay batch beyond training set": ({"replay": {"batch_size": 221}}, "replay.batch_size=221 is more than the 220 training images; lower it"),
-    "replay targets beyond test set": ({"replay": {"targets": "test", "max_targets": 41}}, "replay.max_targets=41 is more than the 40 test images; lower it"),
+    "replay top_k beyond training set": ({"replay": {"enabled": True, "top_k": 300}}, "replay.top_k=300 is more than the 220 training images; lower it"),
+    "replay batch beyond training set": ({"replay": {"enabled": True, "batch_size": 221}}, "replay.batch_size=221 is more than the 220 training images; lower it"),
+    "replay targets beyond test set": ({"replay": {"enabled": True, "targets": "test", "max_targets": 41}}, "replay.max_targets=41 is more than the 40 test images; lower it"),
     "replay Nesterov without momentum": ({"replay": {"optimizer": "sgd", "nesterov": True, "momentum": 0}}, "replay.nesterov: Nesterov momentum needs replay.momentum > 0"),
-    "LDS scatter beyond test set": ({"lds": {"scatter_samples": 50}}, "lds.scatter_samples=50 is more than the 40 test images; lower it"),
+    "LDS scatter beyond test set": ({"lds": {"enabled": True, "scatter_samples": 50}}, "lds.scatter_samples=50 is more than the 40 test images; lower it"),
     "runs repeat a seed": ({"runs": {"seeds": [0, 1, 1]}}, "runs.seeds: [0, 1, 1] has non-unique elements; list each value once"),
     "runs list only the main seed": ({"runs": {"seeds": [0]}}, "runs.seeds: [0] lists only the main run's seed (0); add other seeds to compare runs, or leave it empty"),
     "pretrained weights missing": ({"model": {"pretrained_weights": "/models/nope.pth"}}, "model.pretrained_weights: /models/nope.pth does not exist; give a local .pth file or null"),
@@ -101,6 +101,10 @@ def test_bad_config_gives_one_line_naming_the_key(case) -> None:
     assert len(errors) == 1, errors
     assert errors[0].startswith(expected), errors[0]
     assert "\n" not in errors[0]
+
+
+def test_sizes_of_disabled_stages_are_not_checked() -> None:
+    assert errors_of({"replay": {"top_k": 300, "batch_size": 221}, "lds": {"scatter_samples": 50}}) == []
 
 
 def test_top_k_equal_to_the_training_set_is_fine() -> None:

@@ -142,9 +142,9 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
             errors.append(f"influence.test_tiles={influence['test_tiles']} is more than the {approx}{n_test} test images; lower it")
         replay = config["replay"]
         for key, limit, what in (("top_k", n_train, "training"), ("batch_size", n_train, "training"), ("max_targets", n_test, "test")):
-            if replay[key] > limit:
+            if replay["enabled"] and replay[key] > limit:
                 errors.append(f"replay.{key}={replay[key]} is more than the {approx}{limit} {what} images; lower it")
-        if config["lds"]["scatter_samples"] > n_test:
+        if (config["lds"]["enabled"] or config["compare"]["enabled"]) and config["lds"]["scatter_samples"] > n_test:
             errors.append(f"lds.scatter_samples={config['lds']['scatter_samples']} is more than the {approx}{n_test} test images; lower it")
     replay = config["replay"]
     if replay["optimizer"] == "sgd" and replay["nesterov"] and replay["momentum"] == 0:
