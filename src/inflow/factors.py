@@ -54,15 +54,16 @@ METHODS = ("last_layer", "head_layers", "projection")
 DEFAULT_METHOD = "last_layer"
 
 
-def layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool) -> tuple[Tensor, Tensor]:
-    """Factors of one batch for ``model.final_linear``.
+def objective_factors(model: Classifier, x: Tensor, y: Tensor, objective: Callable[[Tensor, Tensor], Tensor], include_bias: bool) -> tuple[Tensor, Tensor]:
+    """Factors of one batch for ``model.final_linear`` and any per-sample objective of the logits.
 
     Args:
-        x: images ``(n, 3, h, w)``; y: labels ``(n,)``.
+        x: images ``(n, 3, h, w)``; y: labels ``(n,)``; objective: ``f(logits (n, C), y) -> (n,)``.
 
     Returns:
         ``a``: layer inputs ``(n, d_in)``, or ``(n, d_in + 1)`` with a trailing 1 if
-        ``include_bias``; ``e``: ``dL_i/dz_i`` ``(n, d_out)``. Both float32, detached.
+        ``include_bias``; ``e``: ``df_i/dz_i`` ``(n, d_out)`` (computed in the model's dtype).
+        Both float32, detached.
     """
     captured: list[Tensor] = []
     handle = model.final_linear.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
@@ -71,13 +72,18 @@ def layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor
             logits = model(x)
     finally:
         handle.remove()
+    z = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (e,) = torch.autograd.grad(objective(z, y).sum(), z)  # rows are independent, so grad row i = df_i/dz_i
     a = captured[0].float()
-    z = logits.detach().float().requires_grad_(True)
-    loss = per_sample_loss(z, y, class_weights, smoothing).sum()  # rows are independent, so grad row i = dL_i/dz_i
-    (e,) = torch.autograd.grad(loss, z)
     if include_bias:
         a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
-    return a, e
+    return a, e.float()
+
+
+def layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool) -> tuple[Tensor, Tensor]:
+    """:func:`objective_factors` of the per-sample training loss (class weights, label smoothing), in float32: ``e = dL_i/dz_i``."""
+    return objective_factors(model, x, y, lambda z, t: per_sample_loss(z.float(), t, class_weights, smoothing), include_bias)
 
 
 def head_layer_factors(model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool) -> list[tuple[Tensor, Tensor]]:

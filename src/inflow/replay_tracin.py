@@ -41,7 +41,7 @@ from torch.func import functional_call, grad, vmap
 
 from inflow.data import load_manifest, load_split
 from inflow.errors import InflowError
-from inflow.factors import layer_factors
+from inflow.factors import layer_factors, objective_factors
 from inflow.influence import ghost_block
 from inflow.io import read_table, write_table
 from inflow.models import Classifier, resolve_device
@@ -93,27 +93,6 @@ def load_state(fm: FunctionalModel, state: State) -> nn.Module:
 
 
 # -- last layer: ghost products ----------------------------------------------------------------
-def objective_factors(model: Classifier, x: Tensor, y: Tensor, objective: LossFn, include_bias: bool = True) -> tuple[Tensor, Tensor]:
-    """Ghost factors of ``objective`` for ``model.final_linear``: ``a (k, d_in [+1])``, ``e = df/dlogits (k, C)``, float32.
-
-    As :func:`inflow.factors.layer_factors`, for any per-sample objective (loss or margin).
-    """
-    captured: list[Tensor] = []
-    handle = model.final_linear.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
-    try:
-        with torch.no_grad():
-            logits = model(x)
-    finally:
-        handle.remove()
-    z = logits.detach().requires_grad_(True)
-    with torch.enable_grad():
-        (e,) = torch.autograd.grad(objective(z, y).sum(), z)  # rows are independent
-    a = captured[0].float()
-    if include_bias:
-        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
-    return a, e.float()
-
-
 def last_layer_tracin(
     model: Classifier, x: Tensor, y: Tensor, x_t: Tensor, y_t: Tensor, objective: LossFn, class_weights: Tensor, smoothing: float, lr: float, batch_size: int = 256,
 ) -> Tensor:
@@ -123,7 +102,7 @@ def last_layer_tracin(
         x, y: training images ``(n, 3, h, w)`` and labels ``(n,)``; x_t, y_t: targets ``(k, ...)``, ``(k,)``.
         class_weights (float32), smoothing: the training loss ``l`` (as the factors rule uses; its factors are float32).
     """
-    a_t, e_t = objective_factors(model, x_t, y_t, objective)
+    a_t, e_t = objective_factors(model, x_t, y_t, objective, include_bias=True)
     parts = []
     for s in range(0, len(y), batch_size):
         a, e = layer_factors(model, x[s : s + batch_size], y[s : s + batch_size], class_weights, smoothing, include_bias=True)
