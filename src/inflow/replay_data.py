@@ -166,6 +166,15 @@ def load_replay(path: str, device: torch.device) -> tuple[dict[str, Any], Functi
     return payload, fm, optimizer_from_record(payload["optimizer"]), schedule, traj
 
 
+def replay_splits(images_path: str, manifest_path: str, states_path: str, payload: dict[str, Any]) -> tuple[Split, Split]:
+    """The manifest's train and test splits, checked to be the training set the replay run used."""
+    manifest, _ = load_manifest(manifest_path)
+    train_set, test_set = load_split(images_path, manifest, "train"), load_split(images_path, manifest, "test")
+    if not np.array_equal(train_set.sample_ids, payload["train_ids"].numpy()):
+        raise InflowError(f"{states_path}: training set differs from {manifest_path}; rerun replay_train")
+    return train_set, test_set
+
+
 def train_replay(
     images_path: str, manifest_path: str, model_cfg: dict[str, Any], train_cfg: dict[str, Any], replay_cfg: dict[str, Any],
     seed: int, device_name: str, states_out: str, targets_out: str, metrics_out: str,
@@ -234,10 +243,7 @@ def replay_targets(
         log.info("group %d has no targets (fewer than replay.max_targets selected): writing an empty table", group)
         write_table(pd.DataFrame({c: pd.Series(dtype="int64" if c.endswith("_id") else "float64") for c in SCORE_COLUMNS}), out_path, metadata=meta)
         return
-    manifest, _ = load_manifest(manifest_path)
-    train_set, test_set = load_split(images_path, manifest, "train"), load_split(images_path, manifest, "test")
-    if not np.array_equal(train_set.sample_ids, payload["train_ids"].numpy()):
-        raise InflowError(f"{states_path}: training set differs from {manifest_path}; rerun replay_train")
+    train_set, test_set = replay_splits(images_path, manifest_path, states_path, payload)
     x, y = split_tensor(train_set, device, fm.dtype)
     x_test, y_test = split_tensor(test_set, device, fm.dtype)
     rows = pd.Series(np.arange(len(test_set)), index=test_set.sample_ids)[targets.test_id.to_numpy()].to_numpy().copy()

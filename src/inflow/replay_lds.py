@@ -34,13 +34,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from inflow.data import load_manifest, load_split
+from inflow.data import load_manifest
 from inflow.errors import InflowError
 from inflow.io import atomic_path, read_metadata, read_table, write_json, write_table
 from inflow.lds import bootstrap_ci, lds, masks_from_table, subset_masks
 from inflow.models import resolve_device
 from inflow.replay import FunctionalModel, Optimizer, Schedule, State, Trajectory, influence_sign, train
-from inflow.replay_data import load_replay, peak_rss_mb, predict_state, split_tensor
+from inflow.replay_data import load_replay, peak_rss_mb, predict_state, replay_splits, split_tensor
 from inflow.replay_tracin import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,7 @@ def train_subset(
     """
     device = resolve_device(device_name)
     payload, fm, opt, schedule, traj = load_replay(states_path, device)
-    manifest, _ = load_manifest(manifest_path)
-    train_set, test_set = load_split(images_path, manifest, "train"), load_split(images_path, manifest, "test")
-    if not np.array_equal(train_set.sample_ids, payload["train_ids"].numpy()):
-        raise InflowError(f"{states_path}: training set differs from {manifest_path}; rerun replay_train")
+    train_set, test_set = replay_splits(images_path, manifest_path, states_path, payload)
     subsets, meta = read_table(subsets_path), read_metadata(subsets_path)
     keep = subsets.loc[subsets.model == model_index, "sample_id"].to_numpy()
     if len(keep) == 0:

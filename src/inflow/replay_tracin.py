@@ -39,14 +39,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from inflow.data import load_manifest, load_split
 from inflow.errors import InflowError
 from inflow.factors import layer_factors, objective_factors
 from inflow.influence import ghost_block
 from inflow.io import read_table, write_table
 from inflow.models import Classifier, resolve_device
 from inflow.replay import FunctionalModel, LossFn, Schedule, State, Trajectory, influence_sign, make_objective, run_steps
-from inflow.replay_data import load_replay, split_tensor
+from inflow.replay_data import load_replay, replay_splits, split_tensor
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +162,7 @@ def tracin_scores(
     """
     device = resolve_device(device_name)
     payload, fm, opt, schedule, traj = load_replay(states_path, device)
-    manifest, _ = load_manifest(manifest_path)
-    train_set, test_set = load_split(images_path, manifest, "train"), load_split(images_path, manifest, "test")
-    if not np.array_equal(train_set.sample_ids, payload["train_ids"].numpy()):
-        raise InflowError(f"{states_path}: training set differs from {manifest_path}; rerun replay_train")
+    train_set, test_set = replay_splits(images_path, manifest_path, states_path, payload)
     targets = read_table(targets_path)
     x, y = split_tensor(train_set, device, fm.dtype)
     x_test, y_test = split_tensor(test_set, device, fm.dtype)
