@@ -13,6 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny float64 problems are fastest on one thread (and the CI machine is small): torch uses one while the test runs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def factor_files(tmp_path: Path):
     """Random factors for 3 checkpoints: returns (paths dict, arrays dict, lrs).
 

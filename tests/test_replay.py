@@ -30,13 +30,7 @@ F64 = torch.float64
 EPS, RTOL = 1e-6, 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: tiny float64 problems are fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def schedule(n: int, batch: int, epochs: int, lr: float, flips: bool = False, seed: int = 0) -> R.Schedule:

@@ -35,12 +35,7 @@ from inflow.replay_tracin import all_param_tracin, epoch_ends, epoch_lrs, last_l
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- a smooth model -------------------------------------------------------------------------------
