@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/replay_bench.py timing --n-train 2700 --epochs 12   # the workflow's full default run
     .venv/bin/python benchmarks/replay_bench.py lds                     # tiny MLP: replay vs TracIn, Spearman
     .venv/bin/python benchmarks/replay_bench.py sensitivity             # is the replay run smooth in w? (ResNet-9, ReLU + max pooling)
-    .venv/bin/python benchmarks/replay_bench.py sensitivity --smooth    # the same with GELU and average pooling
+    .venv/bin/python benchmarks/replay_bench.py sensitivity --arch resnet9_smooth   # the same with GELU and average pooling
+    .venv/bin/python benchmarks/replay_bench.py timing --arch resnet9_smooth        # replay cost on the smooth ResNet-9
 
 ``timing`` prepares the built-in synthetic data, then runs the workflow's own functions, each in a
 fresh child process as each rule runs as its own job (so the peak RSS printed is that job's
@@ -30,8 +31,8 @@ LDS needs: on the data of ``tests/configs/replay_lds.yaml`` (900 training images
 ResNet-9 width 8, 6 epochs), it lowers the weights of the 18 training samples that the first
 alpha = 0.98 subset drops by ``eps`` = 1e-6, 1e-3 and 1 (dropped), retrains replayably from the
 same initial state, and prints the mean absolute change of the 200 test losses. A smooth run
-changes about in proportion to ``eps``. ``--smooth`` swaps ReLU for GELU and max for average
-pooling (not a workflow model).
+changes about in proportion to ``eps``. ``--arch resnet9_smooth`` is the workflow's ResNet-9 with
+GELU and average pooling instead of ReLU and max pooling.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
     if args.job == "train":
         cfg = {**REPLAY, "epochs": args.epochs, "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every, "optimizer": args.optimizer,
                "lr": 1e-3 if args.optimizer == "adamw" else 0.05, "lr_schedule": "constant" if args.optimizer == "adamw" else "triangular"}
-        train_replay(*data, {"arch": "resnet9", "width": args.width, "pretrained_weights": None}, {"class_weights": True, "label_smoothing": 0.1},
+        train_replay(*data, {"arch": args.arch, "width": args.width, "pretrained_weights": None}, {"class_weights": True, "label_smoothing": 0.1},
                      cfg, 0, "cpu", str(wd / "states.pt"), str(wd / "targets_all.parquet"), str(wd / "metrics.parquet"))
         out = {"job": "train", "seconds": time.perf_counter() - t0, "train_seconds": read_metadata(wd / "metrics.parquet")["train_seconds"],
                "steps": len(read_table(wd / "metrics.parquet")), "train_cpu_seconds": torch.load(wd / "states.pt", weights_only=True)["train_cpu_seconds"], "peak_rss_mb": peak_rss_mb(), "states_mb": (wd / "states.pt").stat().st_size / 2**20}
@@ -94,7 +95,7 @@ def child(args: argparse.Namespace) -> None:
 
 def run_child(args: argparse.Namespace, workdir: Path, job: str, k: int = 0) -> dict:
     cmd = [sys.executable, __file__, "child", "--workdir", str(workdir), "--job", job, "--k", str(k), "--threads", str(args.threads),
-           "--width", str(args.width), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--checkpoint-every", str(args.checkpoint_every), "--optimizer", args.optimizer]
+           "--width", str(args.width), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--checkpoint-every", str(args.checkpoint_every), "--optimizer", args.optimizer, "--arch", args.arch]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-4000:])
@@ -107,7 +108,7 @@ def timing(args: argparse.Namespace) -> None:
         cfg = {"source": "synthetic", "image_size": args.image_size, "noise_rate": 0.1, "val_fraction": 0.0,
                "synthetic": {"n_train": args.n_train, "n_test": 100}}
         prepare_data(cfg, 0, str(wd / "images.npy"), str(wd / "manifest.parquet"), str(wd / "skipped.csv"), str(wd / "classes.json"))
-        print(f"ResNet-9 width {args.width}, {args.image_size}x{args.image_size}, ~{args.n_train} training images, batch {args.batch_size}, "
+        print(f"{args.arch} width {args.width}, {args.image_size}x{args.image_size}, ~{args.n_train} training images, batch {args.batch_size}, "
               f"{args.epochs} epochs, {args.optimizer}, states every {args.checkpoint_every} steps, {args.threads} thread(s)")
         train = run_child(args, wd, "train")
         print(f"  replay training: {train['train_seconds']:.1f}s for {train['steps']} steps ({train['train_seconds'] / train['steps']:.3f}s/step, "
@@ -212,19 +213,6 @@ def lds(args: argparse.Namespace) -> None:
 
 
 # -- sensitivity ---------------------------------------------------------------------------------
-def smooth_layers(module: nn.Module) -> None:
-    """In place: GELU for every ReLU/LeakyReLU, average for max pooling (a differentiable training step)."""
-    for name, child in module.named_children():
-        if isinstance(child, (nn.ReLU, nn.LeakyReLU)):
-            setattr(module, name, nn.GELU())
-        elif isinstance(child, nn.MaxPool2d):
-            setattr(module, name, nn.AvgPool2d(child.kernel_size))
-        elif isinstance(child, nn.AdaptiveMaxPool2d):
-            setattr(module, name, nn.AdaptiveAvgPool2d(child.output_size))
-        else:
-            smooth_layers(child)
-
-
 def sensitivity(args: argparse.Namespace) -> None:
     from inflow.data import load_manifest, load_split
     from inflow.lds import subset_masks
@@ -238,10 +226,7 @@ def sensitivity(args: argparse.Namespace) -> None:
         manifest, names = load_manifest(str(wd / "manifest.parquet"))
         train_set, test_set = load_split(str(wd / "images.npy"), manifest, "train"), load_split(str(wd / "images.npy"), manifest, "test")
     torch.manual_seed(0)
-    fm = functional_model({"name": "resnet9", "num_classes": len(names), "width": 8}, inverse_frequency_weights(train_set.labels, len(names)), 0.1, torch.device("cpu"))
-    if args.smooth:
-        smooth_layers(fm.model)
-        fm = R.FunctionalModel(fm.model, fm.loss_fn)
+    fm = functional_model({"name": args.arch, "num_classes": len(names), "width": 8}, inverse_frequency_weights(train_set.labels, len(names)), 0.1, torch.device("cpu"))
     opt = optimizer_of({**REPLAY, "optimizer": args.optimizer})
     x, y = split_tensor(train_set, torch.device("cpu"), fm.dtype)
     x_test, y_test = split_tensor(test_set, torch.device("cpu"), fm.dtype)
@@ -262,7 +247,7 @@ def sensitivity(args: argparse.Namespace) -> None:
         w = torch.ones(len(y))
         w[dropped] -= eps
         changes.append(f"eps {eps:g}: {np.abs(test_losses(w)[0] - base).mean():.2e}")
-    print(f"ResNet-9 width 8{' (GELU, average pooling)' if args.smooth else ''}, {args.optimizer} lr {lr:g}, {len(sched)} steps, test accuracy {accuracy:.3f}; "
+    print(f"{args.arch} width 8, {args.optimizer} lr {lr:g}, {len(sched)} steps, test accuracy {accuracy:.3f}; "
           f"mean |change of the test losses| when {int(dropped.sum())} training weights are lowered by " + ", ".join(changes))
 
 
@@ -282,7 +267,7 @@ def main() -> None:
     parser.add_argument("--subsets", type=int, default=40, help="lds: random subsets per drop rate")
     parser.add_argument("--drop", type=float, nargs="+", default=[0.05, 0.2, 0.5], help="lds: fraction of training samples dropped")
     parser.add_argument("--lr", type=float, default=None, help="lds: peak learning rate (default 0.05); sensitivity: the constant rate (default 1e-3 adamw, 0.02 sgd)")
-    parser.add_argument("--smooth", action="store_true", help="sensitivity: GELU and average pooling instead of ReLU and max pooling")
+    parser.add_argument("--arch", choices=["resnet9", "resnet9_smooth"], default="resnet9", help="timing, sensitivity: the model (resnet9_smooth: GELU and average pooling)")
     parser.add_argument("--workdir")
     parser.add_argument("--job")
     parser.add_argument("--k", type=int, default=0)

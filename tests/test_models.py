@@ -19,6 +19,27 @@ def test_resnet50_head_matches_the_seed_architecture() -> None:
         assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_resnet9_smooth_is_resnet9_without_kinks(tmp_path) -> None:
+    """Same parameters (so the same seeded initialisation and weight files fit), GELU and average pooling only."""
+    torch.manual_seed(0)
+    plain = build_model("resnet9", 5, width=4)
+    torch.manual_seed(0)
+    smooth = build_model("resnet9_smooth", 5, width=4)
+    for (k, v), (k2, v2) in zip(plain.state_dict().items(), smooth.state_dict().items(), strict=True):
+        assert k == k2
+        torch.testing.assert_close(v, v2)
+    kinked = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.MaxPool2d, torch.nn.AdaptiveMaxPool2d)
+    assert any(isinstance(m, kinked) for m in plain.modules())
+    assert not any(isinstance(m, kinked) for m in smooth.modules())
+    assert sum(isinstance(m, torch.nn.GELU) for m in smooth.modules()) == sum(isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)) for m in plain.modules())
+    with torch.no_grad():
+        out_plain, out_smooth = plain.eval()(torch.rand(2, 3, 32, 32)), smooth.eval()(torch.rand(2, 3, 32, 32))
+    assert out_smooth.shape == out_plain.shape == (2, 5) and torch.isfinite(out_smooth).all()
+    backbone, _ = resnet9_backbone(4)
+    torch.save(backbone.state_dict(), tmp_path / "w.pth")
+    build_model("resnet9_smooth", 5, width=4, pretrained_weights=str(tmp_path / "w.pth"))
+
+
 def test_pretrained_weights_load_from_a_local_file(tmp_path) -> None:
     backbone, _ = resnet9_backbone(4)
     torch.save(backbone.state_dict(), tmp_path / "w.pth")

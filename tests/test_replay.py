@@ -107,14 +107,18 @@ def test_metagradient_with_batchnorm_flips_and_margin() -> None:
     check_fd(partial(cnn, c), loss_fn(c), R.SGD(momentum=0.9, weight_decay=5e-4), x, y, sched, x_t, y_t, R.margin, samples=(0, 11))
 
 
-@pytest.mark.parametrize(("opt", "lr"), [(R.SGD(momentum=0.9, weight_decay=5e-4), 0.05), (R.AdamW(weight_decay=5e-4), 0.003)], ids=["sgd", "adamw"])
-def test_metagradient_of_the_workflow_resnet9(opt: R.Optimizer, lr: float) -> None:
-    """The workflow's model (ResNet-9 with BatchNorm and max pooling, width 2) through replay_data.functional_model."""
+@pytest.mark.parametrize(("opt", "lr", "name"), [
+    (R.SGD(momentum=0.9, weight_decay=5e-4), 0.05, "resnet9"), (R.AdamW(weight_decay=5e-4), 0.003, "resnet9"),
+    (R.AdamW(weight_decay=5e-4), 0.003, "resnet9_smooth"),
+], ids=["sgd", "adamw", "smooth-adamw"])
+def test_metagradient_of_the_workflow_resnet9(opt: R.Optimizer, lr: float, name: str) -> None:
+    """The workflow's models (ResNet-9 with BatchNorm and max pooling, and its GELU/average-pooling variant; width 2)
+    through replay_data.functional_model."""
     g = torch.Generator().manual_seed(2)
     n, c = 16, 4
     x, y = torch.rand(n, 3, 8, 8, dtype=F64, generator=g), torch.randint(0, c, (n,), generator=g)
     x_t, y_t = torch.rand(2, 3, 8, 8, dtype=F64, generator=g), torch.randint(0, c, (2,), generator=g)
-    arch = {"name": "resnet9", "num_classes": c, "width": 2}
+    arch = {"name": name, "num_classes": c, "width": 2}
 
     def make() -> nn.Module:
         torch.manual_seed(3)

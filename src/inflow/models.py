@@ -1,6 +1,10 @@
 """Model registry: a backbone, a small MLP head, and the head's final Linear (the hooked layer).
 
 * ``resnet9``: a small residual CNN for 32x32 images, trained from scratch on CPU (default).
+* ``resnet9_smooth``: the same with GELU activations and average pooling, so that a training
+  step is a smooth function of the weights and the sample weights: the regime the exact replay
+  attribution (``inflow.replay``) linearises. ReLU and max pooling switch units and pooling
+  winners under tiny changes, and a replayed run then ends elsewhere.
 * ``resnet50_head``: torchvision ResNet-50 backbone with the seeds' head
   Linear(2048,512)-LeakyReLU(0.01)-Linear(512,256)-LeakyReLU(0.01)-Linear(256,C).
   Weights come only from a local file (``model.pretrained_weights``); nothing is downloaded.
@@ -44,43 +48,51 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def _activation(smooth: bool) -> nn.Module:
+    return nn.GELU() if smooth else nn.ReLU(inplace=True)
+
+
+def _conv_bn(c_in: int, c_out: int, smooth: bool = False) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), _activation(smooth))
 
 
 class _Residual(nn.Module):
-    def __init__(self, c: int) -> None:
+    def __init__(self, c: int, smooth: bool = False) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv_bn(c, c), _conv_bn(c, c))
+        self.body = nn.Sequential(_conv_bn(c, c, smooth), _conv_bn(c, c, smooth))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
 
 
-def resnet9_backbone(width: int = 16) -> tuple[nn.Module, int]:
-    """ResNet-9 style backbone (Page 2018) with base ``width``; returns ``(module, feature_dim)``."""
+def resnet9_backbone(width: int = 16, smooth: bool = False) -> tuple[nn.Module, int]:
+    """ResNet-9 style backbone (Page 2018) with base ``width``; returns ``(module, feature_dim)``.
+
+    ``smooth``: GELU instead of ReLU and average instead of max pooling (same parameters).
+    """
     w = width
+    pool, global_pool = (nn.AvgPool2d, nn.AdaptiveAvgPool2d) if smooth else (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
     net = nn.Sequential(
-        _conv_bn(3, w),
-        _conv_bn(w, 2 * w),
-        nn.MaxPool2d(2),
-        _Residual(2 * w),
-        _conv_bn(2 * w, 4 * w),
-        nn.MaxPool2d(2),
-        _conv_bn(4 * w, 8 * w),
-        nn.MaxPool2d(2),
-        _Residual(8 * w),
-        nn.AdaptiveMaxPool2d(1),
+        _conv_bn(3, w, smooth),
+        _conv_bn(w, 2 * w, smooth),
+        pool(2),
+        _Residual(2 * w, smooth),
+        _conv_bn(2 * w, 4 * w, smooth),
+        pool(2),
+        _conv_bn(4 * w, 8 * w, smooth),
+        pool(2),
+        _Residual(8 * w, smooth),
+        global_pool(1),
         nn.Flatten(),
     )
     return net, 8 * w
 
 
-def mlp_head(dims: list[int], num_classes: int) -> nn.Sequential:
-    """Linear-LeakyReLU(0.01) blocks through ``dims`` then a final Linear to ``num_classes``."""
+def mlp_head(dims: list[int], num_classes: int, smooth: bool = False) -> nn.Sequential:
+    """Linear-LeakyReLU(0.01) (``smooth``: Linear-GELU) blocks through ``dims``, then a final Linear to ``num_classes``."""
     layers: list[nn.Module] = []
     for d_in, d_out in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(d_in, d_out), nn.LeakyReLU(0.01)]
+        layers += [nn.Linear(d_in, d_out), nn.GELU() if smooth else nn.LeakyReLU(0.01)]
     layers.append(nn.Linear(dims[-1], num_classes))
     return nn.Sequential(*layers)
 
@@ -88,6 +100,11 @@ def mlp_head(dims: list[int], num_classes: int) -> nn.Sequential:
 def build_resnet9(num_classes: int, width: int = 16) -> Classifier:
     backbone, d = resnet9_backbone(width)
     return Classifier(backbone, mlp_head([d, 64], num_classes))
+
+
+def build_resnet9_smooth(num_classes: int, width: int = 16) -> Classifier:
+    backbone, d = resnet9_backbone(width, smooth=True)
+    return Classifier(backbone, mlp_head([d, 64], num_classes, smooth=True))
 
 
 def build_resnet50_head(num_classes: int, width: int = 16) -> Classifier:
@@ -100,6 +117,7 @@ def build_resnet50_head(num_classes: int, width: int = 16) -> Classifier:
 
 REGISTRY: dict[str, Callable[..., Classifier]] = {
     "resnet9": build_resnet9,
+    "resnet9_smooth": build_resnet9_smooth,
     "resnet50_head": build_resnet50_head,
 }
 
