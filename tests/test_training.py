@@ -59,3 +59,27 @@ def test_sidecar_without_learning_rate_is_rejected(tmp_path) -> None:
     write_json({"epoch": 3}, tmp_path / "side.json")
     with pytest.raises(InflowError, match="lacks lr, tracin_lr"):
         read_sidecar(tmp_path / "side.json")
+
+
+def test_train_on_subset_keeps_only_the_models_asked_for(data, tmp_path) -> None:
+    """LDS subset models keep the last-epoch model, cleanlab folds the best one; the other leaves nothing behind."""
+    from inflow.lds import train_on_subset
+
+    manifest = read_table(data[1])
+    train_ids = manifest.loc[manifest.split == "train", "sample_id"].to_numpy()
+    keep = train_ids[::2]
+    cfg = {**TRAIN, "epochs": 2, "warmup_epochs": 0}
+    final = tmp_path / "final"
+    final.mkdir()
+    train_on_subset(*data, keep, MODEL, cfg, 0, "cpu", str(final / "m.parquet"), str(final / "metrics.parquet"), final_out=(str(final / "f.pt"), str(final / "f.json")))
+    assert sorted(p.name for p in final.iterdir()) == ["f.json", "f.pt", "m.parquet", "metrics.parquet"]
+    sub = read_table(final / "m.parquet")
+    assert set(sub.loc[sub.split == "train", "sample_id"]) == set(keep)
+    assert (sub.split != "train").sum() == (manifest.split != "train").sum()
+    assert read_sidecar(str(final / "f.json"))["epoch"] == 2
+    best = tmp_path / "best"
+    best.mkdir()
+    train_on_subset(*data, keep, MODEL, cfg, 0, "cpu", str(best / "m.parquet"), str(best / "metrics.parquet"), best_out=str(best / "b.pt"))
+    assert sorted(p.name for p in best.iterdir()) == ["b.pt", "m.parquet", "metrics.parquet"]
+    for path in (final / "f.pt", best / "b.pt"):
+        assert load_checkpoint(str(path), torch.device("cpu"), num_classes=int(manifest.label.max()) + 1).final_linear.out_features == int(manifest.label.max()) + 1

@@ -18,15 +18,13 @@ nothing fails. torch is imported only by the fold jobs (the cleanlab rule does n
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from inflow.errors import InflowError
-from inflow.io import read_metadata, read_table, write_json, write_table
+from inflow.io import read_table, write_json, write_table
 from inflow.mislabel import ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -87,9 +85,8 @@ def train_fold_model(
     """
     from inflow.checkpoints import load_checkpoint
     from inflow.data import load_manifest, load_split
-    from inflow.lds import subset_manifest
+    from inflow.lds import train_on_subset
     from inflow.models import resolve_device
-    from inflow.training import train
 
     manifest, class_names = load_manifest(manifest_path)
     train_rows = manifest[manifest.split == "train"]
@@ -97,10 +94,7 @@ def train_fold_model(
     held = train_rows.sample_id.to_numpy()[folds == fold]
     if len(held) == 0:
         raise InflowError(f"compare.cleanlab_folds={n_folds}: fold {fold} holds no training sample; use fewer folds")
-    write_table(subset_manifest(manifest, train_rows.sample_id.to_numpy()[folds != fold]), manifest_out, metadata=read_metadata(manifest_path))
-    cfg = {**train_cfg, "checkpoint_epochs": [train_cfg["epochs"]]}
-    with tempfile.TemporaryDirectory(dir=Path(model_out).parent) as tmp:  # the final checkpoint: not needed
-        train(images_path, manifest_out, model_cfg, cfg, seed, device_name, [str(Path(tmp) / "final.pt")], [str(Path(tmp) / "final.json")], model_out, metrics_out)
+    train_on_subset(images_path, manifest_path, train_rows.sample_id.to_numpy()[folds != fold], model_cfg, train_cfg, seed, device_name, manifest_out, metrics_out, best_out=model_out)
     device = resolve_device(device_name)
     data = load_split(images_path, manifest[manifest.sample_id.isin(held)], "train")
     probs = predict_probabilities(load_checkpoint(model_out, device, num_classes=len(class_names)), data, batch_size, device)

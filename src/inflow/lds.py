@@ -256,6 +256,36 @@ def subset_manifest(manifest: pd.DataFrame, keep_ids: np.ndarray) -> pd.DataFram
     return manifest.loc[~drop].reset_index(drop=True)
 
 
+def train_on_subset(
+    images_path: str,
+    manifest_path: str,
+    keep_ids: np.ndarray,
+    model_cfg: dict[str, Any],
+    train_cfg: dict[str, Any],
+    seed: int,
+    device_name: str,
+    manifest_out: str,
+    metrics_out: str,
+    final_out: tuple[str, str] | None = None,
+    best_out: str | None = None,
+) -> None:
+    """Train the workflow's recipe (:func:`inflow.training.train`, same seed, so the same
+    initialisation as the main model) on the training samples ``keep_ids`` alone.
+
+    Writes the subset manifest (``manifest_out``), the metrics, and the models asked for: the
+    one after the last epoch (or at early stopping) as ``final_out = (checkpoint, sidecar)`` and
+    the best by validation loss as ``best_out``; the other is written to a temporary folder.
+    """
+    from inflow.training import train
+
+    manifest, _ = load_manifest(manifest_path)
+    write_table(subset_manifest(manifest, keep_ids), manifest_out, metadata=read_metadata(manifest_path))
+    cfg = {**train_cfg, "checkpoint_epochs": [train_cfg["epochs"]]}
+    with tempfile.TemporaryDirectory(dir=Path(manifest_out).parent) as tmp:
+        final = final_out or (str(Path(tmp) / "final.pt"), str(Path(tmp) / "final.json"))
+        train(images_path, manifest_out, model_cfg, cfg, seed, device_name, [final[0]], [final[1]], best_out or str(Path(tmp) / "best.pt"), metrics_out)
+
+
 @torch.no_grad()
 def measure_outputs(model: Classifier, data: Split, class_weights: Tensor | None, smoothing: float, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
     """Per sample of ``data``: ``neg_loss``, ``margin`` ``(n,)`` float64 and ``correct`` ``(n,)`` bool."""
@@ -297,17 +327,12 @@ def train_subset_model(
     outputs on every test sample go to ``outputs_out`` (model, test_id, neg_loss, margin,
     correct). ``neg_loss`` uses the full training set's class weights, as the TracIn factors do.
     """
-    from inflow.training import train
-
     manifest, class_names = load_manifest(manifest_path)
     subsets = read_table(subsets_path)
     keep = subsets.loc[subsets.model == model_index, "sample_id"].to_numpy()
     if len(keep) == 0:
         raise InflowError(f"{subsets_path}: no subset for model {model_index}; rerun lds_subsets (lds.n_models)")
-    write_table(subset_manifest(manifest, keep), manifest_out, metadata=read_metadata(manifest_path))
-    cfg = {**train_cfg, "checkpoint_epochs": [train_cfg["epochs"]]}
-    with tempfile.TemporaryDirectory(dir=Path(checkpoint_out).parent) as tmp:  # best-by-validation model: not needed
-        train(images_path, manifest_out, model_cfg, cfg, seed, device_name, [checkpoint_out], [sidecar_out], str(Path(tmp) / "best.pt"), metrics_out)
+    train_on_subset(images_path, manifest_path, keep, model_cfg, train_cfg, seed, device_name, manifest_out, metrics_out, final_out=(checkpoint_out, sidecar_out))
 
     device = resolve_device(device_name)
     test = load_split(images_path, manifest, "test")
