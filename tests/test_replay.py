@@ -8,6 +8,7 @@ Tolerance: the metagradient ``df/dw`` must match central finite differences
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -205,12 +206,14 @@ REPLAY = {"enabled": True, "optimizer": "sgd", "betas": [0.9, 0.999], "eps": 1e-
           "augment": True, "checkpoint_every": 2, "top_k": 4}
 
 
-def test_workflow_functions(data, tmp_path: Path) -> None:
+def test_workflow_functions(data, tmp_path: Path, caplog) -> None:
     """replay_train -> replay_targets per group (one empty) -> replay_merge: tables, sign, exact top-k."""
     torch.set_num_threads(1)
     model = {"arch": "resnet9", "width": 2, "pretrained_weights": None}
-    train_replay(*data, model, {"class_weights": True, "label_smoothing": 0.1}, REPLAY, 0, "cpu",
-                 str(tmp_path / "states.pt"), str(tmp_path / "targets.parquet"), str(tmp_path / "metrics.parquet"))
+    with caplog.at_level(logging.WARNING, logger="inflow.replay_data"):
+        train_replay(*data, model, {"class_weights": True, "label_smoothing": 0.1}, REPLAY, 0, "cpu",
+                     str(tmp_path / "states.pt"), str(tmp_path / "targets.parquet"), str(tmp_path / "metrics.parquet"))
+    assert "resnet9 has 13 ReLU/max-pooling layers" in caplog.text and "resnet9_smooth" in caplog.text  # a run that may not be smooth is named
     targets = read_table(tmp_path / "targets.parquet")
     assert targets.group.tolist() == [0, 0, 1]
     n_train = int((read_table(data[1]).split == "train").sum())

@@ -115,6 +115,14 @@ def build_resnet50_head(num_classes: int, width: int = 16) -> Classifier:
     return Classifier(backbone, mlp_head([2048, 512, 256], num_classes))
 
 
+KINKED = (nn.ReLU, nn.LeakyReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
+
+def kinked_modules(model: nn.Module) -> list[str]:
+    """Names of the modules whose output is not differentiable everywhere (ReLU, max pooling, ...)."""
+    return [name for name, module in model.named_modules() if isinstance(module, KINKED)]
+
+
 REGISTRY: dict[str, Callable[..., Classifier]] = {
     "resnet9": build_resnet9,
     "resnet9_smooth": build_resnet9_smooth,

@@ -32,7 +32,7 @@ from inflow.data import Split, load_manifest, load_split
 from inflow.errors import InflowError
 from inflow.io import atomic_path, read_metadata, read_table, write_json, write_table
 from inflow.losses import inverse_frequency_weights, per_sample_loss
-from inflow.models import build_model, resolve_device
+from inflow.models import build_model, kinked_modules, resolve_device
 from inflow.replay import SGD, AdamW, FunctionalModel, Optimizer, Schedule, State, Trajectory, influence_sign, make_objective, margin, metagradients, train
 from inflow.topk import row_topk
 from inflow.training import seed_everything
@@ -190,6 +190,10 @@ def train_replay(
     arch = {"name": model_cfg["arch"], "num_classes": num_classes, "width": model_cfg["width"]}
     class_weights = inverse_frequency_weights(train_set.labels, num_classes) if train_cfg["class_weights"] else torch.ones(num_classes)
     fm = functional_model(arch, class_weights, train_cfg["label_smoothing"], device, model_cfg.get("pretrained_weights"))
+    kinked = kinked_modules(fm.model)
+    if kinked:
+        log.warning("replay: %s has %d ReLU/max-pooling layers (e.g. %s); a run with them is often not smooth in the sample weights and its "
+                    "replay scores can fail the replay LDS check; model.arch: resnet9_smooth avoids them (README, replay LDS)", arch["name"], len(kinked), kinked[0])
     opt = optimizer_of(replay_cfg)
     x, y = split_tensor(train_set, device, fm.dtype)
     schedule = make_schedule(len(y), replay_cfg["batch_size"], replay_cfg["epochs"], seed, replay_cfg, replay_cfg["augment"])

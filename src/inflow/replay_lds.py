@@ -266,7 +266,7 @@ def plot_replay_lds(result: dict[str, Any], scatter: list[tuple[np.ndarray, np.n
             continue
         row = valid[np.argsort(rho[valid], kind="stable")[len(valid) // 2]]
         ax.scatter(pred[row] - pred[row].mean(), meas[row], s=14, color="#c62828")
-        ax.set_xlabel("summed replay influence of the subset (centred)")
+        ax.set_xlabel("summed replay influence\nof the subset (centred)")
         ax.set_ylabel(result["output"].replace("_", " "))
         ax.set_title(f"alpha {a['alpha']:g}, median target: rho {rho[row]:.2f}", fontsize=9)
     fig.suptitle(f"Replay LDS vs TracIn on the replay run: {result['n_targets']} targets, {alphas[0]['n_models']} subset models per alpha", fontsize=10)
