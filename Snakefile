@@ -28,7 +28,7 @@ include: "rules/methods.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True
     localrule: True

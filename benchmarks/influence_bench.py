@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inflow.factors import read_factor_blocks, read_factors, write_factors
-from inflow.influence import block_tensors, ghost_sum, influence_shard
-from inflow.selfinfluence import self_influence
-from inflow.topk import accumulate_topk, tile_topk
+from inflow.tracin.factors import read_factor_blocks, read_factors, write_factors
+from inflow.tracin.influence import block_tensors, ghost_sum, influence_shard
+from inflow.tracin.self_influence import self_influence
+from inflow.tracin.topk import accumulate_topk, tile_topk
 
 
 def make_factors(workdir: Path, n_train: int, n_test: int, n_ckpt: int, d_a: int, d_out: int, seed: int = 0) -> dict:
@@ -78,17 +78,40 @@ def worker(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 shards = [str(wd / f"shards/epoch_{c}/tile_{tile}.npy") for c in ckpts]
                 for c, shard in zip(ckpts, shards):
-                    times["products_only"] += influence_shard(str(wd / f"epoch_{c}/test.parquet"), str(wd / f"epoch_{c}/train.parquet"), tile,
-                                                              q_tiles, r_tiles, shard, args.memory_mb)["compute_s"]
+                    times["products_only"] += influence_shard(
+                        str(wd / f"epoch_{c}/test.parquet"),
+                        str(wd / f"epoch_{c}/train.parquet"),
+                        tile,
+                        q_tiles,
+                        r_tiles,
+                        shard,
+                        args.memory_mb,
+                    )["compute_s"]
                 t1 = time.perf_counter()
                 times["influence_shards"] += t1 - t0
-                tile_topk(shards, str(wd / f"epoch_{last}/train.parquet"), tile, r_tiles, args.top_k, str(wd / f"tiles/tile_{tile}.npz"), args.memory_mb)
+                tile_topk(
+                    shards,
+                    str(wd / f"epoch_{last}/train.parquet"),
+                    tile,
+                    r_tiles,
+                    args.top_k,
+                    str(wd / f"tiles/tile_{tile}.npz"),
+                    args.memory_mb,
+                )
                 for s in shards:
                     os.remove(s)
                 times["topk_accumulation"] += time.perf_counter() - t1
     elif args.stage == "accumulate":
         tiles = {(q, r): str(wd / f"tiles/tile_{q}-{r}.npz") for q in range(q_tiles) for r in range(r_tiles)}
-        accumulate_topk(tiles, str(wd / f"epoch_{last}/test.parquet"), q_tiles, r_tiles, args.top_k, str(wd / "topk.parquet"), str(wd / "summary.parquet"))
+        accumulate_topk(
+            tiles,
+            str(wd / f"epoch_{last}/test.parquet"),
+            q_tiles,
+            r_tiles,
+            args.top_k,
+            str(wd / "topk.parquet"),
+            str(wd / "summary.parquet"),
+        )
     elif args.stage == "self_influence":
         self_influence([str(wd / f"epoch_{c}/train.parquet") for c in ckpts], str(wd / "self_influence.parquet"))
     if not times:
@@ -163,8 +186,15 @@ def captum_pairs_per_second(paths: dict, n_ckpt: int, n_test_sub: int, n_train_s
         model.load_state_dict(torch.load(path, weights_only=True))
         return 1e-3
 
-    tracin = TracInCPFast(layer, layer, TensorDataset(x_r, y_r), ckpts, checkpoints_load_func=load,
-                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4096)
+    tracin = TracInCPFast(
+        layer,
+        layer,
+        TensorDataset(x_r, y_r),
+        ckpts,
+        checkpoints_load_func=load,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=4096,
+    )
     t = time.perf_counter()
     tracin.influence((x_q, y_q), k=top_k, proponents=True)
     tracin.influence((x_q, y_q), k=top_k, proponents=False)
@@ -195,13 +225,17 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="inflow-bench-") if args.workdir is None else None
     wd = Path(args.workdir or tmp.name)
     d_a = args.d_in + 1
-    print(f"shape: n_train={args.n_train} n_test={args.n_test} n_ckpt={args.n_ckpt} d_a={d_a} d_out={args.d_out} top_k={args.top_k} "
-          f"tiles={args.test_tiles}x{args.train_tiles} memory_mb={args.memory_mb} threads={args.threads} torch={torch.__version__}")
+    print(
+        f"shape: n_train={args.n_train} n_test={args.n_test} n_ckpt={args.n_ckpt} d_a={d_a} d_out={args.d_out} top_k={args.top_k} "
+        f"tiles={args.test_tiles}x{args.train_tiles} memory_mb={args.memory_mb} threads={args.threads} torch={torch.__version__}"
+    )
     t = time.perf_counter()
     paths = make_factors(wd, args.n_train, args.n_test, args.n_ckpt, d_a, args.d_out)
     print(f"generated factors in {time.perf_counter() - t:.1f}s (not counted)")
 
-    base = [sys.executable, __file__, "--worker", "--workdir", str(wd)] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare", "stage")]
+    base = [sys.executable, __file__, "--worker", "--workdir", str(wd)] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare", "stage")
+    ]
     times, rss = {}, {}
     for stage in STAGES:
         out = subprocess.run(base + ["--stage", stage], capture_output=True, text=True, check=True).stdout
@@ -223,8 +257,12 @@ def main() -> None:
     print(f"\npairs (train x test x ckpt): {pairs:.3e}  ->  {pairs / total:.3e} pairs/s end to end")
     prod_gflops = flops / products_only / 1e9
     print(f"matmul roofline (plain float32 {n_q}x{d_a} @ {d_a}x{n_r}, same run): {roof:.1f} GFLOP/s")
-    print(f"influence products alone: {flops / 1e9:.1f} GFLOP in {products_only:.2f}s = {prod_gflops:.1f} GFLOP/s -> {100 * prod_gflops / roof:.0f}% of roofline")
-    print(f"shard stage incl. reading factors and writing dense shards: {shard_gflops:.1f} GFLOP/s -> {100 * shard_gflops / roof:.0f}% of roofline")
+    print(
+        f"influence products alone: {flops / 1e9:.1f} GFLOP in {products_only:.2f}s = {prod_gflops:.1f} GFLOP/s -> {100 * prod_gflops / roof:.0f}% of roofline"
+    )
+    print(
+        f"shard stage incl. reading factors and writing dense shards: {shard_gflops:.1f} GFLOP/s -> {100 * shard_gflops / roof:.0f}% of roofline"
+    )
     print("peak RSS per stage (each in its own process, like a rule's job): " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
     print(f"peak RSS of the bounded-memory stages (influence shards + tile top-k): {rss['influence']:.0f} MB")
 
@@ -232,15 +270,19 @@ def main() -> None:
         n_sub = min(args.compare_test, args.n_test)
         ours = pairs / (times["influence_shards"] + times["topk_accumulation"])  # pair-checkpoints/s, shards + exact top-k
         naive, err = naive_pairs_per_second(paths, args.n_ckpt, n_sub, args.n_train)
-        print(f"\nnaive per-sample-gradient reference ({n_sub} test x {args.n_train} train): {naive:.3e} pair-ckpts/s "
-              f"(products only, no top-k); inflow is {ours / naive:.1f}x faster; max rel. difference {err:.1e}")
+        print(
+            f"\nnaive per-sample-gradient reference ({n_sub} test x {args.n_train} train): {naive:.3e} pair-ckpts/s "
+            f"(products only, no top-k); inflow is {ours / naive:.1f}x faster; max rel. difference {err:.1e}"
+        )
         cap = captum_pairs_per_second(paths, args.n_ckpt, n_sub, args.n_train, args.top_k, wd)
         if cap is None:
             print("captum not installed: pip install captum to compare with TracInCPFast")
         else:
             cap_ckpt = cap * args.n_ckpt
-            print(f"Captum TracInCPFast ({n_sub} test x {args.n_train} train, proponents + opponents): {cap_ckpt:.3e} pair-ckpts/s; "
-                  f"inflow is {ours / cap_ckpt:.1f}x faster")
+            print(
+                f"Captum TracInCPFast ({n_sub} test x {args.n_train} train, proponents + opponents): {cap_ckpt:.3e} pair-ckpts/s; "
+                f"inflow is {ours / cap_ckpt:.1f}x faster"
+            )
     if tmp is not None:
         tmp.cleanup()
 

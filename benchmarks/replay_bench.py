@@ -53,15 +53,33 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from inflow import replay as R
-from inflow.io import read_metadata, read_table, write_table
-from inflow.losses import inverse_frequency_weights, per_sample_loss
-from inflow.prepare import prepare_data
-from inflow.replay_data import make_schedule, replay_targets, train_replay
+from inflow.core.io import read_metadata, read_table, write_table
+from inflow.data.prepare import prepare_data
+from inflow.model.losses import inverse_frequency_weights, per_sample_loss
+from inflow.replay import engine as R
+from inflow.replay.jobs import make_schedule, replay_targets, train_replay
 
-REPLAY = {"enabled": True, "optimizer": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "targets": "test", "max_targets": 8, "group_size": 8, "objective": "loss", "epochs": 2, "batch_size": 64,
-          "lr": 1e-3, "lr_schedule": "constant", "lr_peak_fraction": 0.25, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-          "augment": True, "checkpoint_every": 10, "top_k": 20}
+REPLAY = {
+    "enabled": True,
+    "optimizer": "adamw",
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "targets": "test",
+    "max_targets": 8,
+    "group_size": 8,
+    "objective": "loss",
+    "epochs": 2,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "lr_schedule": "constant",
+    "lr_peak_fraction": 0.25,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "augment": True,
+    "checkpoint_every": 10,
+    "top_k": 20,
+}
 
 
 def peak_rss_mb() -> float:
@@ -75,27 +93,87 @@ def child(args: argparse.Namespace) -> None:
     data = (str(wd / "images.npy"), str(wd / "manifest.parquet"))
     t0 = time.perf_counter()
     if args.job == "train":
-        cfg = {**REPLAY, "epochs": args.epochs, "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every, "optimizer": args.optimizer,
-               "lr": 1e-3 if args.optimizer == "adamw" else 0.05, "lr_schedule": "constant" if args.optimizer == "adamw" else "triangular"}
-        train_replay(*data, {"arch": args.arch, "width": args.width, "pretrained_weights": None}, {"class_weights": True, "label_smoothing": 0.1},
-                     cfg, 0, "cpu", str(wd / "states.pt"), str(wd / "targets_all.parquet"), str(wd / "metrics.parquet"))
-        out = {"job": "train", "seconds": time.perf_counter() - t0, "train_seconds": read_metadata(wd / "metrics.parquet")["train_seconds"],
-               "steps": len(read_table(wd / "metrics.parquet")), "train_cpu_seconds": torch.load(wd / "states.pt", weights_only=True)["train_cpu_seconds"], "peak_rss_mb": peak_rss_mb(), "states_mb": (wd / "states.pt").stat().st_size / 2**20}
+        cfg = {
+            **REPLAY,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "checkpoint_every": args.checkpoint_every,
+            "optimizer": args.optimizer,
+            "lr": 1e-3 if args.optimizer == "adamw" else 0.05,
+            "lr_schedule": "constant" if args.optimizer == "adamw" else "triangular",
+        }
+        train_replay(
+            *data,
+            {"arch": args.arch, "width": args.width, "pretrained_weights": None},
+            {"class_weights": True, "label_smoothing": 0.1},
+            cfg,
+            0,
+            "cpu",
+            str(wd / "states.pt"),
+            str(wd / "targets_all.parquet"),
+            str(wd / "metrics.parquet"),
+        )
+        out = {
+            "job": "train",
+            "seconds": time.perf_counter() - t0,
+            "train_seconds": read_metadata(wd / "metrics.parquet")["train_seconds"],
+            "steps": len(read_table(wd / "metrics.parquet")),
+            "train_cpu_seconds": torch.load(wd / "states.pt", weights_only=True)["train_cpu_seconds"],
+            "peak_rss_mb": peak_rss_mb(),
+            "states_mb": (wd / "states.pt").stat().st_size / 2**20,
+        }
     else:
         k = args.k
         targets = read_table(wd / "targets_all.parquet").head(k).assign(group=0)
         write_table(targets, wd / f"targets_{k}.parquet")
         replay_targets(*data, str(wd / "states.pt"), str(wd / f"targets_{k}.parquet"), 0, "loss", "cpu", str(wd / f"group_{k}.parquet"))
         meta = read_metadata(wd / f"group_{k}.parquet")
-        out = {"job": f"replay k={k}", "seconds": time.perf_counter() - t0, **{key: meta[key] for key in ("replay_seconds", "seconds_per_target", "ratio_per_target", "cpu_ratio_per_target",
-                                                                                       "same_run_train_seconds", "same_run_ratio_per_target", "recompute_drift")},
-               "peak_rss_mb": peak_rss_mb()}
+        out = {
+            "job": f"replay k={k}",
+            "seconds": time.perf_counter() - t0,
+            **{
+                key: meta[key]
+                for key in (
+                    "replay_seconds",
+                    "seconds_per_target",
+                    "ratio_per_target",
+                    "cpu_ratio_per_target",
+                    "same_run_train_seconds",
+                    "same_run_ratio_per_target",
+                    "recompute_drift",
+                )
+            },
+            "peak_rss_mb": peak_rss_mb(),
+        }
     print(json.dumps(out))
 
 
 def run_child(args: argparse.Namespace, workdir: Path, job: str, k: int = 0) -> dict:
-    cmd = [sys.executable, __file__, "child", "--workdir", str(workdir), "--job", job, "--k", str(k), "--threads", str(args.threads),
-           "--width", str(args.width), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--checkpoint-every", str(args.checkpoint_every), "--optimizer", args.optimizer, "--arch", args.arch]
+    cmd = [
+        sys.executable,
+        __file__,
+        "child",
+        "--workdir",
+        str(workdir),
+        "--job",
+        job,
+        "--k",
+        str(k),
+        "--threads",
+        str(args.threads),
+        "--width",
+        str(args.width),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--checkpoint-every",
+        str(args.checkpoint_every),
+        "--optimizer",
+        args.optimizer,
+        "--arch",
+        args.arch,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-4000:])
@@ -105,22 +183,33 @@ def run_child(args: argparse.Namespace, workdir: Path, job: str, k: int = 0) -> 
 def timing(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(tmp)
-        cfg = {"source": "synthetic", "image_size": args.image_size, "noise_rate": 0.1, "val_fraction": 0.0,
-               "synthetic": {"n_train": args.n_train, "n_test": 100}}
+        cfg = {
+            "source": "synthetic",
+            "image_size": args.image_size,
+            "noise_rate": 0.1,
+            "val_fraction": 0.0,
+            "synthetic": {"n_train": args.n_train, "n_test": 100},
+        }
         prepare_data(cfg, 0, str(wd / "images.npy"), str(wd / "manifest.parquet"), str(wd / "skipped.csv"), str(wd / "classes.json"))
-        print(f"{args.arch} width {args.width}, {args.image_size}x{args.image_size}, ~{args.n_train} training images, batch {args.batch_size}, "
-              f"{args.epochs} epochs, {args.optimizer}, states every {args.checkpoint_every} steps, {args.threads} thread(s)")
+        print(
+            f"{args.arch} width {args.width}, {args.image_size}x{args.image_size}, ~{args.n_train} training images, batch {args.batch_size}, "
+            f"{args.epochs} epochs, {args.optimizer}, states every {args.checkpoint_every} steps, {args.threads} thread(s)"
+        )
         train = run_child(args, wd, "train")
-        print(f"  replay training: {train['train_seconds']:.1f}s for {train['steps']} steps ({train['train_seconds'] / train['steps']:.3f}s/step, "
-              f"CPU {train['train_cpu_seconds']:.1f}s), "
-              f"peak RSS {train['peak_rss_mb']:.0f} MB, states file {train['states_mb']:.1f} MB")
+        print(
+            f"  replay training: {train['train_seconds']:.1f}s for {train['steps']} steps ({train['train_seconds'] / train['steps']:.3f}s/step, "
+            f"CPU {train['train_cpu_seconds']:.1f}s), "
+            f"peak RSS {train['peak_rss_mb']:.0f} MB, states file {train['states_mb']:.1f} MB"
+        )
         for k in args.targets:
             rep = run_child(args, wd, "replay", k)
-            print(f"  replay of {k} target(s): {rep['replay_seconds']:.1f}s = {rep['seconds_per_target']:.1f}s per target = "
-                  f"{rep['ratio_per_target']:.2f}x training per target ({rep['ratio_per_target'] * k:.2f}x for the group); in CPU time "
-                  f"{rep['cpu_ratio_per_target']:.2f}x; against the training pass recomputed in the same run ({rep['same_run_train_seconds']:.1f}s) "
-                  f"{rep['same_run_ratio_per_target']:.2f}x; "
-                  f"peak RSS {rep['peak_rss_mb']:.0f} MB; recompute drift {rep['recompute_drift']:.3g}")
+            print(
+                f"  replay of {k} target(s): {rep['replay_seconds']:.1f}s = {rep['seconds_per_target']:.1f}s per target = "
+                f"{rep['ratio_per_target']:.2f}x training per target ({rep['ratio_per_target'] * k:.2f}x for the group); in CPU time "
+                f"{rep['cpu_ratio_per_target']:.2f}x; against the training pass recomputed in the same run ({rep['same_run_train_seconds']:.1f}s) "
+                f"{rep['same_run_ratio_per_target']:.2f}x; "
+                f"peak RSS {rep['peak_rss_mb']:.0f} MB; recompute drift {rep['recompute_drift']:.3g}"
+            )
 
 
 # -- LDS -----------------------------------------------------------------------------------------
@@ -129,8 +218,17 @@ def mlp(d_in: int, c: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(d_in, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, c)).to(torch.float64)
 
 
-def tracin_scores(fm: R.FunctionalModel, states: list[R.State], lrs: list[float], x: torch.Tensor, y: torch.Tensor, x_t: torch.Tensor, y_t: torch.Tensor,
-                  objective, last: slice | None) -> torch.Tensor:
+def tracin_scores(
+    fm: R.FunctionalModel,
+    states: list[R.State],
+    lrs: list[float],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_t: torch.Tensor,
+    y_t: torch.Tensor,
+    objective,
+    last: slice | None,
+) -> torch.Tensor:
     """``sum_c lr_c <grad f_j(theta_c), grad l_i(theta_c)>`` ``(k, n)``, over all parameters or the slice ``last``."""
     model = fm.model
 
@@ -184,13 +282,15 @@ def lds(args: argparse.Namespace) -> None:
     fm, traj, f0 = retrain(None)
     with torch.no_grad():
         acc = float((fm.eval_logits(traj.final.theta, traj.final.bn, x_test).argmax(1) == y_test).float().mean())
-    print(f"LDS: MLP 16-32-32-4 on {n} Gaussian-cluster samples ({c} classes, 10% flipped labels), SGD momentum 0.9 wd 5e-4, lr {args.lr} triangular, "
-          f"{len(sched)} steps, float64; test accuracy {acc:.2f}; {args.n_targets} targets, {args.subsets} subsets per drop rate")
+    print(
+        f"LDS: MLP 16-32-32-4 on {n} Gaussian-cluster samples ({c} classes, 10% flipped labels), SGD momentum 0.9 wd 5e-4, lr {args.lr} triangular, "
+        f"{len(sched)} steps, float64; test accuracy {acc:.2f}; {args.n_targets} targets, {args.subsets} subsets per drop rate"
+    )
     t0 = time.perf_counter()
     _, g_replay = R.metagradients(fm, opt, x, y, sched, traj, x_t, y_t, objective)
     t_replay = time.perf_counter() - t0
     states = [traj.snapshots[s] for s in range(steps_per_epoch, len(sched), steps_per_epoch)] + [traj.final]
-    lrs = [float(sched.lrs[e * steps_per_epoch:(e + 1) * steps_per_epoch].mean()) for e in range(args.epochs)]
+    lrs = [float(sched.lrs[e * steps_per_epoch : (e + 1) * steps_per_epoch].mean()) for e in range(args.epochs)]
     last_layer = slice(fm.n_params - fm.sizes[-1] - fm.sizes[-2], fm.n_params)
     t0 = time.perf_counter()
     tracin = tracin_scores(fm, states, lrs, x, y, x_t, y_t, objective, None)
@@ -214,19 +314,30 @@ def lds(args: argparse.Namespace) -> None:
 
 # -- sensitivity ---------------------------------------------------------------------------------
 def sensitivity(args: argparse.Namespace) -> None:
-    from inflow.data import load_manifest, load_split
-    from inflow.lds import subset_masks
-    from inflow.replay_data import functional_model, optimizer_of, split_tensor
+    from inflow.data.manifest import load_manifest, load_split
+    from inflow.replay.jobs import functional_model, optimizer_of, split_tensor
+    from inflow.validation.lds import subset_masks
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(tmp)
-        cfg = {"source": "synthetic", "image_size": 16, "noise_rate": 0.1, "val_fraction": 0.1, "synthetic": {"n_train": 1000, "n_test": 200}}
+        cfg = {
+            "source": "synthetic",
+            "image_size": 16,
+            "noise_rate": 0.1,
+            "val_fraction": 0.1,
+            "synthetic": {"n_train": 1000, "n_test": 200},
+        }
         prepare_data(cfg, 0, str(wd / "images.npy"), str(wd / "manifest.parquet"), str(wd / "skipped.csv"), str(wd / "classes.json"))
         manifest, names = load_manifest(str(wd / "manifest.parquet"))
         train_set, test_set = load_split(str(wd / "images.npy"), manifest, "train"), load_split(str(wd / "images.npy"), manifest, "test")
     torch.manual_seed(0)
-    fm = functional_model({"name": args.arch, "num_classes": len(names), "width": 8}, inverse_frequency_weights(train_set.labels, len(names)), 0.1, torch.device("cpu"))
+    fm = functional_model(
+        {"name": args.arch, "num_classes": len(names), "width": 8},
+        inverse_frequency_weights(train_set.labels, len(names)),
+        0.1,
+        torch.device("cpu"),
+    )
     opt = optimizer_of({**REPLAY, "optimizer": args.optimizer})
     x, y = split_tensor(train_set, torch.device("cpu"), fm.dtype)
     x_test, y_test = split_tensor(test_set, torch.device("cpu"), fm.dtype)
@@ -247,8 +358,10 @@ def sensitivity(args: argparse.Namespace) -> None:
         w = torch.ones(len(y))
         w[dropped] -= eps
         changes.append(f"eps {eps:g}: {np.abs(test_losses(w)[0] - base).mean():.2e}")
-    print(f"{args.arch} width 8, {args.optimizer} lr {lr:g}, {len(sched)} steps, test accuracy {accuracy:.3f}; "
-          f"mean |change of the test losses| when {int(dropped.sum())} training weights are lowered by " + ", ".join(changes))
+    print(
+        f"{args.arch} width 8, {args.optimizer} lr {lr:g}, {len(sched)} steps, test accuracy {accuracy:.3f}; "
+        f"mean |change of the test losses| when {int(dropped.sum())} training weights are lowered by " + ", ".join(changes)
+    )
 
 
 def main() -> None:
@@ -261,13 +374,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=10)
-    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="timing: the replay optimiser (workflow default adamw)")
+    parser.add_argument(
+        "--optimizer", choices=["adamw", "sgd"], default="adamw", help="timing: the replay optimiser (workflow default adamw)"
+    )
     parser.add_argument("--targets", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--n-targets", type=int, default=10, help="lds: test targets")
     parser.add_argument("--subsets", type=int, default=40, help="lds: random subsets per drop rate")
     parser.add_argument("--drop", type=float, nargs="+", default=[0.05, 0.2, 0.5], help="lds: fraction of training samples dropped")
-    parser.add_argument("--lr", type=float, default=None, help="lds: peak learning rate (default 0.05); sensitivity: the constant rate (default 1e-3 adamw, 0.02 sgd)")
-    parser.add_argument("--arch", choices=["resnet9", "resnet9_smooth"], default="resnet9", help="timing, sensitivity: the model (resnet9_smooth: GELU and average pooling)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="lds: peak learning rate (default 0.05); sensitivity: the constant rate (default 1e-3 adamw, 0.02 sgd)",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=["resnet9", "resnet9_smooth"],
+        default="resnet9",
+        help="timing, sensitivity: the model (resnet9_smooth: GELU and average pooling)",
+    )
     parser.add_argument("--workdir")
     parser.add_argument("--job")
     parser.add_argument("--k", type=int, default=0)

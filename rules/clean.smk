@@ -9,20 +9,20 @@ rule review:
         ranking="results/mislabel/ranking.parquet",
     output:
         "results/clean/review.csv",
-    params:
-        budget=config["clean"]["budget"],
-        relabel_confidence=config["clean"]["relabel_confidence"],
     log:
         "logs/clean/review.log",
     benchmark:
         "benchmarks/clean/review.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        budget=config["clean"]["budget"],
+        relabel_confidence=config["clean"]["relabel_confidence"],
     script:
         "../workflow_scripts/review.py"
 
@@ -32,20 +32,20 @@ rule clean_manifest:
         unpack(clean_inputs),
     output:
         ensure("results/clean/{variant}/manifest.parquet", non_empty=True),
-    params:
-        budget=config["clean"]["budget"],
-        seed=config["seed"],
     log:
         "logs/clean/{variant}/clean_manifest.log",
     benchmark:
         "benchmarks/clean/{variant}/clean_manifest.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        budget=config["clean"]["budget"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/clean_manifest.py"
 
@@ -57,21 +57,21 @@ rule retrain:
     output:
         best="results/clean/{variant}/best.pt",
         metrics=ensure("results/clean/{variant}/metrics.parquet", non_empty=True),
+    log:
+        "logs/clean/{variant}/retrain.log",
+    benchmark:
+        "benchmarks/clean/{variant}/retrain.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
     params:
         model=config["model"],
         train=config["train"],
         seed=config["seed"],
         device=config["device"],
-    log:
-        "logs/clean/{variant}/retrain.log",
-    benchmark:
-        "benchmarks/clean/{variant}/retrain.tsv"
-    threads: 4
-    resources:
-        mem_mb=scaled(8000),
-        runtime=scaled(240),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/train.py"
 
@@ -84,19 +84,19 @@ rule predict_clean:
     output:
         predictions=ensure("results/clean/{variant}/predictions.parquet", non_empty=True),
         false_predictions="results/clean/{variant}/false_predictions.csv",
-    params:
-        device=config["device"],
     log:
         "logs/clean/{variant}/predict.log",
     benchmark:
         "benchmarks/clean/{variant}/predict.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 2
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
         batch_size=config["factors"]["batch_size"],
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        device=config["device"],
     script:
         "../workflow_scripts/predict.py"
 
@@ -120,18 +120,18 @@ rule clean_comparison:
             category="6. Cleaning and retraining",
             labels={"item": "comparison plot"},
         ),
-    params:
-        variants=CLEAN_VARIANTS,
     log:
         "logs/clean/comparison.log",
     benchmark:
         "benchmarks/clean/comparison.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        variants=CLEAN_VARIANTS,
     script:
         "../workflow_scripts/clean_comparison.py"

@@ -5,8 +5,7 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.config import canonical, schema_errors, semantic_errors
-
+from inflow.core.config import canonical, schema_errors, semantic_errors
 
 # One line per problem, naming the key, before any job runs; then fill in the schema defaults.
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -130,9 +129,7 @@ def comparison_report(name):
 
 # Cleaning stage (rules/clean.smk): the influence-guided set, and the references on the same
 # budget; the oracle needs known true labels (built-in data, or injected noise).
-CLEAN_VARIANTS = ["influence"] + [
-    ref for ref in config["clean"]["references"] if ref != "oracle" or config["dataset"]["noise_rate"] > 0
-]
+CLEAN_VARIANTS = ["influence"] + [ref for ref in config["clean"]["references"] if ref != "oracle" or config["dataset"]["noise_rate"] > 0]
 
 
 def clean_outputs():

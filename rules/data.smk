@@ -4,18 +4,18 @@ rule prepare_data:
         manifest=ensure("results/data/manifest.parquet", non_empty=True),
         skipped="results/data/skipped_files.csv",
         classes="results/data/classes.json",
-    params:
-        dataset=config["dataset"],
-        seed=config["seed"],
     log:
         "logs/prepare_data.log",
     benchmark:
         "benchmarks/prepare_data.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(60),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        dataset=config["dataset"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/prepare_data.py"

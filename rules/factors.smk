@@ -6,21 +6,21 @@ rule factors:
         sidecar="results/train/checkpoints/epoch_{ckpt}.json",
     output:
         ensure("results/factors/epoch_{ckpt}/{split}.parquet", non_empty=True),
-    params:
-        loss=loss_settings(),
-        include_bias=config["factors"]["include_bias"],
-        device=config["device"],
-        method=method_settings(config["factors"]["method"]),
     log:
         "logs/factors/epoch_{ckpt}_{split}.log",
     benchmark:
         "benchmarks/factors/epoch_{ckpt}_{split}.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 2
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
         batch_size=config["factors"]["batch_size"],
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        loss=loss_settings(),
+        include_bias=config["factors"]["include_bias"],
+        device=config["device"],
+        method=method_settings(config["factors"]["method"]),
     script:
         "../workflow_scripts/factors.py"

@@ -4,21 +4,21 @@ rule influence_shard:
         train="results/factors/epoch_{ckpt}/train.parquet",
     output:
         temp("results/influence/shards/epoch_{ckpt}/tile_{tile}.npy"),
-    params:
-        test_tiles=N_TEST_TILES,
-        train_tiles=N_TRAIN_TILES,
-        device=config["device"],
     log:
         "logs/influence_shard/epoch_{ckpt}_tile_{tile}.log",
     benchmark:
         "benchmarks/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 2
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
         work_mb=config["influence"]["memory_mb"],
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        test_tiles=N_TEST_TILES,
+        train_tiles=N_TRAIN_TILES,
+        device=config["device"],
     script:
         "../workflow_scripts/influence_shard.py"
 
@@ -30,21 +30,21 @@ rule tile_topk:
         checkpoint_factors=all_factor_files,
     output:
         temp("results/influence/tiles/tile_{tile}.npz"),
-    params:
-        train_tiles=N_TRAIN_TILES,
-        top_k=config["influence"]["top_k"],
-        device=config["device"],
     log:
         "logs/tile_topk/tile_{tile}.log",
     benchmark:
         "benchmarks/tile_topk/tile_{tile}.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
         work_mb=config["influence"]["memory_mb"],
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        train_tiles=N_TRAIN_TILES,
+        top_k=config["influence"]["top_k"],
+        device=config["device"],
     script:
         "../workflow_scripts/tile_topk.py"
 
@@ -56,22 +56,22 @@ rule accumulate_topk:
     output:
         topk=ensure("results/influence/topk.parquet", non_empty=True),
         summary=ensure("results/influence/test_summary.parquet", non_empty=True),
-    params:
-        tiles=TILES,
-        test_tiles=N_TEST_TILES,
-        train_tiles=N_TRAIN_TILES,
-        top_k=config["influence"]["top_k"],
     log:
         "logs/accumulate_topk.log",
     benchmark:
         "benchmarks/accumulate_topk.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        tiles=TILES,
+        test_tiles=N_TEST_TILES,
+        train_tiles=N_TRAIN_TILES,
+        top_k=config["influence"]["top_k"],
     script:
         "../workflow_scripts/accumulate_topk.py"
 
@@ -86,11 +86,11 @@ rule self_influence:
     benchmark:
         "benchmarks/self_influence.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/self_influence.py"

@@ -7,21 +7,21 @@ rule lds_subsets:
         manifest="results/data/manifest.parquet",
     output:
         ensure("results/lds/subsets.parquet", non_empty=True),
-    params:
-        n_models=config["lds"]["n_models"],
-        alpha=config["lds"]["alpha"],
-        seed=config["lds"]["seed"],
     log:
         "logs/lds/subsets.log",
     benchmark:
         "benchmarks/lds/subsets.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        n_models=config["lds"]["n_models"],
+        alpha=config["lds"]["alpha"],
+        seed=config["lds"]["seed"],
     script:
         "../workflow_scripts/lds_subsets.py"
 
@@ -37,25 +37,25 @@ rule lds_train:
         sidecar="results/lds/models/model_{model}/final.json",
         metrics=ensure("results/lds/models/model_{model}/metrics.parquet", non_empty=True),
         outputs=ensure("results/lds/models/model_{model}/test_outputs.parquet", non_empty=True),
+    log:
+        "logs/lds/train_{model}.log",
+    benchmark:
+        "benchmarks/lds/train_{model}.tsv"
     wildcard_constraints:
         model=r"\d+",
+    conda:
+        "../envs/inflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
+        batch_size=config["factors"]["batch_size"],
     params:
         model=config["model"],
         train=lds_train_settings(),
         loss=loss_settings(),
         seed=config["seed"],
         device=config["device"],
-    log:
-        "logs/lds/train_{model}.log",
-    benchmark:
-        "benchmarks/lds/train_{model}.tsv"
-    threads: 4
-    resources:
-        mem_mb=scaled(8000),
-        runtime=scaled(240),
-        batch_size=config["factors"]["batch_size"],
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/lds_train.py"
 
@@ -67,19 +67,19 @@ rule lds_scores:
         subsets="results/lds/subsets.parquet",
     output:
         ensure("results/lds/scores.parquet", non_empty=True),
-    params:
-        device=config["device"],
     log:
         "logs/lds/scores.log",
     benchmark:
         "benchmarks/lds/scores.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 2
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
         work_mb=config["influence"]["memory_mb"],
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        device=config["device"],
     script:
         "../workflow_scripts/lds_scores.py"
 
@@ -98,21 +98,21 @@ rule lds:
             category="7. Validation",
             labels={"item": "LDS"},
         ),
-    params:
-        output=config["lds"]["output"],
-        bootstrap=config["lds"]["bootstrap"],
-        seed=config["lds"]["seed"],
-        scatter_samples=config["lds"]["scatter_samples"],
     log:
         "logs/lds/lds.log",
     benchmark:
         "benchmarks/lds/lds.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        output=config["lds"]["output"],
+        bootstrap=config["lds"]["bootstrap"],
+        seed=config["lds"]["seed"],
+        scatter_samples=config["lds"]["scatter_samples"],
     script:
         "../workflow_scripts/lds.py"

@@ -8,15 +8,15 @@
 use rule factors as method_factors with:
     output:
         ensure("results/methods/{method}/factors/epoch_{ckpt}/{split}.parquet", non_empty=True),
+    log:
+        "logs/methods/{method}/factors/epoch_{ckpt}_{split}.log",
+    benchmark:
+        "benchmarks/methods/{method}/factors/epoch_{ckpt}_{split}.tsv"
     params:
         loss=loss_settings(),
         include_bias=config["factors"]["include_bias"],
         device=config["device"],
         method=compared_method,
-    log:
-        "logs/methods/{method}/factors/epoch_{ckpt}_{split}.log",
-    benchmark:
-        "benchmarks/methods/{method}/factors/epoch_{ckpt}_{split}.tsv"
 
 
 use rule self_influence as method_self_influence with:
@@ -67,23 +67,23 @@ rule cleanlab_fold:
         model="results/methods/cleanlab/fold_{fold}/best.pt",
         metrics=ensure("results/methods/cleanlab/fold_{fold}/metrics.parquet", non_empty=True),
         probs=ensure("results/methods/cleanlab/fold_{fold}/pred_probs.parquet", non_empty=True),
+    log:
+        "logs/methods/cleanlab/fold_{fold}.log",
+    benchmark:
+        "benchmarks/methods/cleanlab/fold_{fold}.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
+        batch_size=config["factors"]["batch_size"],
     params:
         folds=config["compare"]["cleanlab_folds"],
         model=config["model"],
         train=fold_train_settings(),
         seed=config["seed"],
         device=config["device"],
-    log:
-        "logs/methods/cleanlab/fold_{fold}.log",
-    benchmark:
-        "benchmarks/methods/cleanlab/fold_{fold}.tsv"
-    threads: 4
-    resources:
-        mem_mb=scaled(8000),
-        runtime=scaled(240),
-        batch_size=config["factors"]["batch_size"],
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/cleanlab_fold.py"
 
@@ -100,12 +100,12 @@ rule cleanlab:
     benchmark:
         "benchmarks/methods/cleanlab/cleanlab.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/cleanlab.py"
 
@@ -130,18 +130,18 @@ rule method_comparison:
             category="7. Validation",
             labels={"item": "methods plot"},
         ),
-    params:
-        methods=COMPARE_METHODS,
     log:
         "logs/methods/comparison.log",
     benchmark:
         "benchmarks/methods/comparison.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        methods=COMPARE_METHODS,
     script:
         "../workflow_scripts/method_comparison.py"

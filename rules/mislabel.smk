@@ -7,18 +7,18 @@ rule mislabel:
     output:
         ranking=ensure("results/mislabel/ranking.parquet", non_empty=True),
         metrics="results/mislabel/mislabel_metrics.json",
-    params:
-        mislabel=config["mislabel"],
     log:
         "logs/mislabel.log",
     benchmark:
         "benchmarks/mislabel.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        mislabel=config["mislabel"],
     script:
         "../workflow_scripts/mislabel.py"

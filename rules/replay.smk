@@ -10,22 +10,22 @@ rule replay_train:
         states="results/replay/train/states.pt",
         targets=ensure("results/replay/targets.parquet", non_empty=True),
         metrics=ensure("results/replay/train/metrics.parquet", non_empty=True),
+    log:
+        "logs/replay_train.log",
+    benchmark:
+        "benchmarks/replay_train.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
     params:
         model=config["model"],
         train=replay_loss_settings(),
         replay=config["replay"],
         seed=config["seed"],
         device=config["device"],
-    log:
-        "logs/replay_train.log",
-    benchmark:
-        "benchmarks/replay_train.tsv"
-    threads: 4
-    resources:
-        mem_mb=scaled(8000),
-        runtime=scaled(240),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/replay_train.py"
 
@@ -38,21 +38,21 @@ rule replay_targets:
         targets="results/replay/targets.parquet",
     output:
         ensure("results/replay/groups/group_{group}.parquet", non_empty=True),
-    params:
-        objective=config["replay"]["objective"],
-        device=config["device"],
-    wildcard_constraints:
-        group=r"\d+",
     log:
         "logs/replay_targets/group_{group}.log",
     benchmark:
         "benchmarks/replay_targets/group_{group}.tsv"
+    wildcard_constraints:
+        group=r"\d+",
+    conda:
+        "../envs/inflow.yaml"
     threads: 4
     resources:
         mem_mb=scaled(8000),
         runtime=scaled(480),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        objective=config["replay"]["objective"],
+        device=config["device"],
     script:
         "../workflow_scripts/replay_targets.py"
 
@@ -64,19 +64,19 @@ rule replay_merge:
         scores=ensure("results/replay/scores.parquet", non_empty=True),
         topk=ensure("results/replay/topk.parquet", non_empty=True),
         summary="results/replay/summary.json",
-    params:
-        top_k=config["replay"]["top_k"],
     log:
         "logs/replay_merge.log",
     benchmark:
         "benchmarks/replay_merge.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        top_k=config["replay"]["top_k"],
     script:
         "../workflow_scripts/replay_merge.py"
 
@@ -90,22 +90,22 @@ rule replay_lds_subsets:
         manifest="results/data/manifest.parquet",
     output:
         ensure("results/replay/lds/alpha_{alpha}/subsets.parquet", non_empty=True),
-    params:
-        n_models=config["replay"]["lds_models"],
-        seed=config["replay"]["lds_seed"],
-    wildcard_constraints:
-        alpha=r"[0-9.e-]+",
     log:
         "logs/replay_lds/alpha_{alpha}/subsets.log",
     benchmark:
         "benchmarks/replay_lds/alpha_{alpha}/subsets.tsv"
+    wildcard_constraints:
+        alpha=r"[0-9.e-]+",
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        n_models=config["replay"]["lds_models"],
+        seed=config["replay"]["lds_seed"],
     script:
         "../workflow_scripts/replay_lds_subsets.py"
 
@@ -119,22 +119,22 @@ rule replay_lds_train:
         subsets="results/replay/lds/alpha_{alpha}/subsets.parquet",
     output:
         ensure("results/replay/lds/alpha_{alpha}/model_{model}.parquet", non_empty=True),
-    params:
-        objective=config["replay"]["objective"],
-        device=config["device"],
-    wildcard_constraints:
-        alpha=r"[0-9.e-]+",
-        model=r"\d+",
     log:
         "logs/replay_lds/alpha_{alpha}/model_{model}.log",
     benchmark:
         "benchmarks/replay_lds/alpha_{alpha}/model_{model}.tsv"
+    wildcard_constraints:
+        alpha=r"[0-9.e-]+",
+        model=r"\d+",
+    conda:
+        "../envs/inflow.yaml"
     threads: 2
     resources:
         mem_mb=scaled(8000),
         runtime=scaled(240),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        objective=config["replay"]["objective"],
+        device=config["device"],
     script:
         "../workflow_scripts/replay_lds_train.py"
 
@@ -147,20 +147,20 @@ rule replay_lds_tracin:
         targets="results/replay/targets.parquet",
     output:
         ensure("results/replay/lds/tracin.parquet", non_empty=True),
-    params:
-        objective=config["replay"]["objective"],
-        variants=config["replay"]["lds_tracin"],
-        device=config["device"],
     log:
         "logs/replay_lds/tracin.log",
     benchmark:
         "benchmarks/replay_lds/tracin.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 2
     resources:
         mem_mb=scaled(8000),
         runtime=scaled(120),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        objective=config["replay"]["objective"],
+        variants=config["replay"]["lds_tracin"],
+        device=config["device"],
     script:
         "../workflow_scripts/replay_lds_tracin.py"
 
@@ -181,19 +181,19 @@ rule replay_lds:
             category="7. Validation",
             labels={"item": "replay LDS"},
         ),
-    params:
-        bootstrap=config["replay"]["lds_bootstrap"],
-        seed=config["replay"]["lds_seed"],
     log:
         "logs/replay_lds/lds.log",
     benchmark:
         "benchmarks/replay_lds/lds.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        bootstrap=config["replay"]["lds_bootstrap"],
+        seed=config["replay"]["lds_seed"],
     script:
         "../workflow_scripts/replay_lds.py"

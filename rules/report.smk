@@ -10,19 +10,19 @@ checkpoint report_selection:
         predictions="results/predictions/predictions.parquet",
     output:
         "results/report/selection.json",
-    params:
-        report=config["report"],
     log:
         "logs/report/report_selection.log",
     benchmark:
         "benchmarks/report/report_selection.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        report=config["report"],
     script:
         "../workflow_scripts/report_selection.py"
 
@@ -52,12 +52,12 @@ rule misprediction_cross_analysis:
     benchmark:
         "benchmarks/report/misprediction_cross_analysis.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/misprediction_cross_analysis.py"
 
@@ -80,12 +80,12 @@ rule influential_training:
     benchmark:
         "benchmarks/report/influential_training.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/influential_training.py"
 
@@ -108,12 +108,12 @@ rule class_influence:
     benchmark:
         "benchmarks/report/class_influence.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/class_influence.py"
 
@@ -138,12 +138,12 @@ rule influence_stats:
     benchmark:
         "benchmarks/report/influence_stats.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/influence_stats.py"
 
@@ -166,12 +166,12 @@ rule health_score:
     benchmark:
         "benchmarks/report/health_score.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/health_score.py"
 
@@ -198,12 +198,12 @@ rule influence_report:
     benchmark:
         "benchmarks/report/influence_report.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/influence_report.py"
 
@@ -230,12 +230,12 @@ rule dashboard:
     benchmark:
         "benchmarks/report/dashboard.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/dashboard.py"
 
@@ -255,12 +255,12 @@ rule training_curves:
     benchmark:
         "benchmarks/report/training_curves.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/training_curves.py"
 
@@ -280,19 +280,19 @@ rule class_dashboard:
             category="5. Per class",
             labels={"class": "{cls}"},
         ),
-    wildcard_constraints:
-        cls=r"[^/]+",
     log:
         "logs/report/class_dashboard/{cls}.log",
     benchmark:
         "benchmarks/report/class_dashboard/{cls}.tsv"
+    wildcard_constraints:
+        cls=r"[^/]+",
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/class_dashboard.py"
 
@@ -313,12 +313,12 @@ rule class_influence_heatmap:
     benchmark:
         "benchmarks/report/class_influence_heatmap.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=scaled(5),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/class_influence_heatmap.py"
 
@@ -335,20 +335,20 @@ rule grid_mispredictions:
             category="2. Mispredictions",
             labels={"item": "mispredicted test images"},
         ),
-    params:
-        n=config["report"]["grid_images"],
-        ncols=config["report"]["grid_columns"],
     log:
         "logs/report/grid_mispredictions.log",
     benchmark:
         "benchmarks/report/grid_mispredictions.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        n=config["report"]["grid_images"],
+        ncols=config["report"]["grid_columns"],
     script:
         "../workflow_scripts/grid_mispredictions.py"
 
@@ -366,21 +366,21 @@ rule grid_test_sample:
             category="2. Mispredictions",
             labels={"item": "test sample {test_id}: proponents and opponents"},
         ),
-    params:
-        n=config["report"]["neighbours"],
-    wildcard_constraints:
-        test_id=r"\d+",
     log:
         "logs/report/grid_test_sample/test_{test_id}.log",
     benchmark:
         "benchmarks/report/grid_test_sample/test_{test_id}.tsv"
+    wildcard_constraints:
+        test_id=r"\d+",
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        n=config["report"]["neighbours"],
     script:
         "../workflow_scripts/grid_test_sample.py"
 
@@ -398,19 +398,19 @@ rule grid_influential:
             category="3. Influence",
             labels={"item": "most helpful and harmful training images"},
         ),
-    params:
-        n=config["report"]["neighbours"],
     log:
         "logs/report/grid_influential.log",
     benchmark:
         "benchmarks/report/grid_influential.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        n=config["report"]["neighbours"],
     script:
         "../workflow_scripts/grid_influential.py"
 
@@ -428,20 +428,20 @@ rule grid_mislabel_candidates:
             category="4. Mislabel candidates",
             labels={"item": "top mislabel candidates"},
         ),
-    params:
-        n=config["report"]["grid_images"],
-        ncols=config["report"]["grid_columns"],
     log:
         "logs/report/grid_mislabel_candidates.log",
     benchmark:
         "benchmarks/report/grid_mislabel_candidates.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        n=config["report"]["grid_images"],
+        ncols=config["report"]["grid_columns"],
     script:
         "../workflow_scripts/grid_mislabel_candidates.py"
 

@@ -10,12 +10,12 @@ use rule train as run_train with:
         sidecars=checkpoint_paths("json", RUN_ROOT),
         best=f"{RUN_ROOT}/train/best.pt",
         metrics=ensure(f"{RUN_ROOT}/train/metrics.parquet", non_empty=True),
-    params:
-        seed=lambda wildcards: int(wildcards.run_seed),
     log:
         "logs/runs/seed_{run_seed}/train.log",
     benchmark:
         "benchmarks/runs/seed_{run_seed}/train.tsv"
+    params:
+        seed=lambda wildcards: int(wildcards.run_seed),
 
 
 use rule predict as run_predict with:
@@ -115,20 +115,20 @@ rule runs_comparison:
         influential=comparison_report("recurring_influential.csv"),
         mislabel=comparison_report("recurring_mislabel.csv"),
         plot=comparison_report("comparison.png"),
-    params:
-        seeds=RUN_SEEDS,
-        top_influential=config["runs"]["top_influential"],
-        top_mislabel=config["runs"]["top_mislabel"],
     log:
         "logs/runs/comparison.log",
     benchmark:
         "benchmarks/runs/comparison.tsv"
     localrule: True
+    conda:
+        "../envs/inflow.yaml"
     threads: 1
     resources:
         mem_mb=scaled(2000),
         runtime=scaled(10),
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        seeds=RUN_SEEDS,
+        top_influential=config["runs"]["top_influential"],
+        top_mislabel=config["runs"]["top_mislabel"],
     script:
         "../workflow_scripts/runs_comparison.py"

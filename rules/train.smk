@@ -7,21 +7,21 @@ rule train:
         sidecars=checkpoint_paths("json"),
         best="results/train/best.pt",
         metrics=ensure("results/train/metrics.parquet", non_empty=True),
+    log:
+        "logs/train.log",
+    benchmark:
+        "benchmarks/train.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
     params:
         model=config["model"],
         train=config["train"],
         seed=config["seed"],
         device=config["device"],
-    log:
-        "logs/train.log",
-    benchmark:
-        "benchmarks/train.tsv"
-    threads: 4
-    resources:
-        mem_mb=scaled(8000),
-        runtime=scaled(240),
-    conda:
-        "../envs/inflow.yaml"
     script:
         "../workflow_scripts/train.py"
 
@@ -34,18 +34,18 @@ rule predict:
     output:
         predictions=ensure("results/predictions/predictions.parquet", non_empty=True),
         false_predictions="results/predictions/false_predictions.csv",
-    params:
-        device=config["device"],
     log:
         "logs/predict.log",
     benchmark:
         "benchmarks/predict.tsv"
+    conda:
+        "../envs/inflow.yaml"
     threads: 2
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
         batch_size=config["factors"]["batch_size"],
-    conda:
-        "../envs/inflow.yaml"
+    params:
+        device=config["device"],
     script:
         "../workflow_scripts/predict.py"

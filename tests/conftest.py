@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inflow.factors import write_factors
+from inflow.tracin.factors import write_factors
 
 REPO = Path(__file__).resolve().parents[1]
 

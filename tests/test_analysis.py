@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inflow.analysis import (
+from inflow.core.errors import InflowError
+from inflow.report.tables import (
     HEALTH_DEFINITION,
     class_influence_matrix,
     cross_reference,
@@ -26,7 +27,6 @@ from inflow.analysis import (
     select_items,
     text_summary,
 )
-from inflow.errors import InflowError
 
 CLASSES = ["a", "b", "c"]
 
@@ -49,8 +49,14 @@ def samples() -> pd.DataFrame:
             "flipped": pd.array([False, False, True, False, False, False, False], dtype="boolean"),
         }
     )
-    preds = pd.DataFrame({"sample_id": [1, 2, 3, 4, 100, 101, 102], "pred": [0, 1, 1, 2, 1, 1, 2],
-                          "pred_name": ["a", "b", "b", "c", "b", "b", "c"], "confidence": [0.9, 0.8, 0.7, 0.6, 0.95, 0.5, 0.4]})
+    preds = pd.DataFrame(
+        {
+            "sample_id": [1, 2, 3, 4, 100, 101, 102],
+            "pred": [0, 1, 1, 2, 1, 1, 2],
+            "pred_name": ["a", "b", "b", "c", "b", "b", "c"],
+            "confidence": [0.9, 0.8, 0.7, 0.6, 0.95, 0.5, 0.4],
+        }
+    )
     return sample_table(manifest, preds)
 
 
@@ -58,9 +64,16 @@ def samples() -> pd.DataFrame:
 def topk() -> pd.DataFrame:
     """Top-k lists (values exact in binary so ties are exact)."""
     rows = [
-        (100, "proponent", 1, 1, 0.5), (100, "proponent", 2, 3, 0.25), (100, "opponent", 1, 2, -0.5), (100, "opponent", 2, 4, -0.125),
-        (101, "proponent", 1, 2, 0.75), (101, "proponent", 2, 3, 0.5), (101, "opponent", 1, 1, -0.25), (101, "opponent", 2, 4, -0.25),
-        (102, "proponent", 1, 4, 1.0), (102, "opponent", 1, 2, -0.25),
+        (100, "proponent", 1, 1, 0.5),
+        (100, "proponent", 2, 3, 0.25),
+        (100, "opponent", 1, 2, -0.5),
+        (100, "opponent", 2, 4, -0.125),
+        (101, "proponent", 1, 2, 0.75),
+        (101, "proponent", 2, 3, 0.5),
+        (101, "opponent", 1, 1, -0.25),
+        (101, "opponent", 2, 4, -0.25),
+        (102, "proponent", 1, 4, 1.0),
+        (102, "opponent", 1, 2, -0.25),
     ]
     return pd.DataFrame(rows, columns=["test_id", "kind", "rank", "train_id", "influence"])
 
@@ -72,7 +85,12 @@ def test_sample_table_marks_correct_predictions(samples) -> None:
 def test_cross_reference_lists_only_mispredicted_tests_with_same_error(samples, topk) -> None:
     cross = cross_reference(topk, samples)
     assert cross.test_id.unique().tolist() == [100]
-    assert list(zip(cross.kind, cross["rank"], cross.train_id)) == [("proponent", 1, 1), ("proponent", 2, 3), ("opponent", 1, 2), ("opponent", 2, 4)]
+    assert list(zip(cross.kind, cross["rank"], cross.train_id)) == [
+        ("proponent", 1, 1),
+        ("proponent", 2, 3),
+        ("opponent", 1, 2),
+        ("opponent", 2, 4),
+    ]
     # test 100 is wrongly predicted as b: training samples predicted b are the same error
     assert cross.same_error.tolist() == [False, True, True, False]
     assert cross.train_correct.tolist() == [True, False, True, True]
@@ -82,7 +100,13 @@ def test_cross_reference_lists_only_mispredicted_tests_with_same_error(samples, 
 
 def test_cross_summary_counts_matches_and_unique_training_samples(samples, topk) -> None:
     summary = cross_summary(cross_reference(topk, samples), n_mispredicted=1).set_index("kind")
-    assert summary.loc["all", ["pairs", "same_error_matches", "tests_with_match", "unique_train", "unique_train_same_error"]].tolist() == [4, 2, 1, 4, 2]
+    assert summary.loc["all", ["pairs", "same_error_matches", "tests_with_match", "unique_train", "unique_train_same_error"]].tolist() == [
+        4,
+        2,
+        1,
+        4,
+        2,
+    ]
     assert summary.loc["all", "same_error_share"] == 0.5
     assert summary.loc["proponent", "same_error_share"] == 0.5 and summary.loc["opponent", "same_error_matches"] == 1
     assert (summary.mispredicted_test == 1).all()
@@ -135,7 +159,14 @@ def test_influence_stats_overall_and_per_class(samples, topk) -> None:
     summary = pd.DataFrame({"test_id": [100, 101, 102], "net_influence": [-1.0, 2.0, 5.0]})
     self_inf = pd.DataFrame({"sample_id": [1, 2, 3, 4], "self_influence": [1.0, 2.0, 3.0, 10.0]})
     stats = influence_stats(topk, summary, self_inf, samples, CLASSES).set_index(["quantity", "scope"])
-    assert stats.loc[("proponent_influence", "all"), ["n", "min", "max", "range", "mean", "median"]].tolist() == [5, 0.25, 1.0, 0.75, 0.6, 0.5]
+    assert stats.loc[("proponent_influence", "all"), ["n", "min", "max", "range", "mean", "median"]].tolist() == [
+        5,
+        0.25,
+        1.0,
+        0.75,
+        0.6,
+        0.5,
+    ]
     assert stats.loc[("proponent_influence", "a"), "mean"] == 0.375  # test 100 (label a): 0.5, 0.25
     assert stats.loc[("opponent_influence", "c"), "n"] == 1
     assert stats.loc[("net_influence", "all"), ["min", "max", "median"]].tolist() == [-1.0, 5.0, 2.0]
@@ -145,7 +176,16 @@ def test_influence_stats_overall_and_per_class(samples, topk) -> None:
 
 @pytest.mark.parametrize(
     "pct,band",
-    [(100.0, "EXCELLENT"), (95.01, "EXCELLENT"), (95.0, "GOOD"), (80.0, "GOOD"), (79.99, "FAIR"), (60.0, "FAIR"), (59.99, "NEEDS ATTENTION"), (0.0, "NEEDS ATTENTION")],
+    [
+        (100.0, "EXCELLENT"),
+        (95.01, "EXCELLENT"),
+        (95.0, "GOOD"),
+        (80.0, "GOOD"),
+        (79.99, "FAIR"),
+        (60.0, "FAIR"),
+        (59.99, "NEEDS ATTENTION"),
+        (0.0, "NEEDS ATTENTION"),
+    ],
 )
 def test_health_bands(pct, band) -> None:
     assert health_band(pct) == band
@@ -171,7 +211,10 @@ def test_select_items() -> None:
     false = pd.DataFrame({"sample_id": [7, 3, 9]})
     cfg = {"classes": [], "test_samples": [], "n_test_samples": 2}
     assert select_items(CLASSES, false, [3, 7, 9, 11], cfg) == {"classes": CLASSES, "test_samples": [7, 3]}
-    assert select_items(CLASSES, false, [3, 7, 9, 11], {**cfg, "classes": ["c", "a"], "test_samples": [11]}) == {"classes": ["a", "c"], "test_samples": [11]}
+    assert select_items(CLASSES, false, [3, 7, 9, 11], {**cfg, "classes": ["c", "a"], "test_samples": [11]}) == {
+        "classes": ["a", "c"],
+        "test_samples": [11],
+    }
     with pytest.raises(InflowError, match="report.test_samples"):
         select_items(CLASSES, false, [3, 7], {**cfg, "test_samples": [5]})
     with pytest.raises(InflowError, match="report.classes"):
@@ -186,8 +229,19 @@ def test_key_findings_and_text_summary(samples, topk) -> None:
     findings = key_findings(samples, health, cross, influential, class_influence_matrix(topk, samples, CLASSES), {})
     assert findings[0].startswith("Test accuracy 66.7%: 1 of 3") and "a predicted as b" in findings[0]
     assert any("Health score 66.7% (FAIR)" in f for f in findings)
-    ranking = pd.DataFrame({"rank": [1], "sample_id": [3], "label_name": ["a"], "suggested_label_name": ["b"], "score": [0.9],
-                            "flipped": pd.array([True], dtype="boolean"), "true_label_name": ["b"]})
-    stats = influence_stats(topk, summary, pd.DataFrame({"sample_id": [1, 2, 3, 4], "self_influence": [1.0, 2.0, 3.0, 4.0]}), samples, CLASSES)
+    ranking = pd.DataFrame(
+        {
+            "rank": [1],
+            "sample_id": [3],
+            "label_name": ["a"],
+            "suggested_label_name": ["b"],
+            "score": [0.9],
+            "flipped": pd.array([True], dtype="boolean"),
+            "true_label_name": ["b"],
+        }
+    )
+    stats = influence_stats(
+        topk, summary, pd.DataFrame({"sample_id": [1, 2, 3, 4], "self_influence": [1.0, 2.0, 3.0, 4.0]}), samples, CLASSES
+    )
     text = text_summary(samples, health, cross, influential, stats, ranking, {})
     assert "66.7% -> FAIR" in text and "(flipped on purpose, true b)" in text and "same-error matches 2" in text

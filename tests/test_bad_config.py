@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO
 from snakemake.utils import validate
 
-from conftest import REPO
-from inflow.config import schema_errors, semantic_errors
+from inflow.core.config import schema_errors, semantic_errors
 
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 TINY_PATH = REPO / "tests" / "configs" / "tiny.yaml"
@@ -37,56 +37,150 @@ def errors_of(over: dict) -> list[str]:
 
 # (override of tests/configs/tiny.yaml, the one expected line)
 BAD = {
-    "unknown top-level key": ({"sede": 1}, "(top level): Additional properties are not allowed ('sede' was unexpected); allowed keys here:"),
-    "unknown key, typo": ({"train": {"lr_haed": 0.1}}, "train: Additional properties are not allowed ('lr_haed' was unexpected); allowed keys here: augment,"),
-    "unknown nested key": ({"dataset": {"synthetic": {"n_val": 5}}}, "dataset.synthetic: Additional properties are not allowed ('n_val' was unexpected)"),
-    "key in the wrong section": ({"dataset": {"test_fraction": 0.3}}, "dataset: Additional properties are not allowed ('test_fraction' was unexpected)"),
+    "unknown top-level key": (
+        {"sede": 1},
+        "(top level): Additional properties are not allowed ('sede' was unexpected); allowed keys here:",
+    ),
+    "unknown key, typo": (
+        {"train": {"lr_haed": 0.1}},
+        "train: Additional properties are not allowed ('lr_haed' was unexpected); allowed keys here: augment,",
+    ),
+    "unknown nested key": (
+        {"dataset": {"synthetic": {"n_val": 5}}},
+        "dataset.synthetic: Additional properties are not allowed ('n_val' was unexpected)",
+    ),
+    "key in the wrong section": (
+        {"dataset": {"test_fraction": 0.3}},
+        "dataset: Additional properties are not allowed ('test_fraction' was unexpected)",
+    ),
     "string for integer": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'; give a whole number (default: 12)"),
     "float for integer": ({"train": {"epochs": 2.0}}, "train.epochs: 2.0 is not of type 'integer'; give a whole number (default: 12)"),
     "bool for integer": ({"seed": True}, "seed: True is not of type 'integer'; give a whole number"),
-    "string for number": ({"train": {"lr_head": "1e-3x"}}, "train.lr_head: '1e-3x' is not of type 'number'; give a number (default: 0.001)"),
-    "string for bool": ({"train": {"augment": "yes please"}}, "train.augment: 'yes please' is not of type 'boolean'; give true or false (default: True)"),
-    "scalar for list": ({"train": {"checkpoint_epochs": 3}}, "train.checkpoint_epochs: 3 is not of type 'array'; give a list (default: [3, 6, 9, 12])"),
-    "string in list": ({"train": {"checkpoint_epochs": [2, "three"]}}, "train.checkpoint_epochs.1: 'three' is not of type 'integer'; give a whole number"),
-    "empty section": ({"influence": None}, "influence: None is not of type 'object'; put the settings indented below this key, or delete the line"),
-    "zero epochs": ({"train": {"epochs": 0, "checkpoint_epochs": [1]}}, "train.epochs: 0 is less than the minimum of 1; use a value >= 1 (default: 12)"),
-    "negative batch size": ({"train": {"batch_size": -32}}, "train.batch_size: -32 is less than the minimum of 1; use a value >= 1 (default: 64)"),
+    "string for number": (
+        {"train": {"lr_head": "1e-3x"}},
+        "train.lr_head: '1e-3x' is not of type 'number'; give a number (default: 0.001)",
+    ),
+    "string for bool": (
+        {"train": {"augment": "yes please"}},
+        "train.augment: 'yes please' is not of type 'boolean'; give true or false (default: True)",
+    ),
+    "scalar for list": (
+        {"train": {"checkpoint_epochs": 3}},
+        "train.checkpoint_epochs: 3 is not of type 'array'; give a list (default: [3, 6, 9, 12])",
+    ),
+    "string in list": (
+        {"train": {"checkpoint_epochs": [2, "three"]}},
+        "train.checkpoint_epochs.1: 'three' is not of type 'integer'; give a whole number",
+    ),
+    "empty section": (
+        {"influence": None},
+        "influence: None is not of type 'object'; put the settings indented below this key, or delete the line",
+    ),
+    "zero epochs": (
+        {"train": {"epochs": 0, "checkpoint_epochs": [1]}},
+        "train.epochs: 0 is less than the minimum of 1; use a value >= 1 (default: 12)",
+    ),
+    "negative batch size": (
+        {"train": {"batch_size": -32}},
+        "train.batch_size: -32 is less than the minimum of 1; use a value >= 1 (default: 64)",
+    ),
     "zero factor batch size": ({"factors": {"batch_size": 0}}, "factors.batch_size: 0 is less than the minimum of 1; use a value >= 1"),
-    "zero image size": ({"dataset": {"image_size": 0}}, "dataset.image_size: 0 is less than the minimum of 8; use a value >= 8 (default: 32)"),
+    "zero image size": (
+        {"dataset": {"image_size": 0}},
+        "dataset.image_size: 0 is less than the minimum of 8; use a value >= 8 (default: 32)",
+    ),
     "zero top_k": ({"influence": {"top_k": 0}}, "influence.top_k: 0 is less than the minimum of 1; use a value >= 1 (default: 20)"),
     "negative tiles": ({"influence": {"train_tiles": -1}}, "influence.train_tiles: -1 is less than the minimum of 1"),
     "zero memory": ({"influence": {"memory_mb": 0}}, "influence.memory_mb: 0 is less than the minimum of 16; use a value >= 16"),
     "zero width": ({"model": {"width": 0}}, "model.width: 0 is less than the minimum of 1"),
     "negative seed": ({"seed": -1}, "seed: -1 is less than the minimum of 0; use a value >= 0"),
     "zero learning rate": ({"train": {"lr_head": 0}}, "train.lr_head: 0 is less than or equal to the minimum of 0; use a value > 0"),
-    "too few training images": ({"dataset": {"synthetic": {"n_train": 5}}}, "dataset.synthetic.n_train: 5 is less than the minimum of 20; use a value >= 20"),
+    "too few training images": (
+        {"dataset": {"synthetic": {"n_train": 5}}},
+        "dataset.synthetic.n_train: 5 is less than the minimum of 20; use a value >= 20",
+    ),
     "checkpoint epoch zero": ({"train": {"checkpoint_epochs": [0, 3]}}, "train.checkpoint_epochs.0: 0 is less than the minimum of 1"),
-    "fraction out of range": ({"dataset": {"noise_rate": 1.5}}, "dataset.noise_rate: 1.5 is greater than the maximum of 0.9; use a value <= 0.9"),
-    "test_fraction of 1": ({"dataset": {"imagefolder": {"test_fraction": 1.0}}}, "dataset.imagefolder.test_fraction: 1.0 is greater than or equal to the maximum of 1; use a value < 1"),
+    "fraction out of range": (
+        {"dataset": {"noise_rate": 1.5}},
+        "dataset.noise_rate: 1.5 is greater than the maximum of 0.9; use a value <= 0.9",
+    ),
+    "test_fraction of 1": (
+        {"dataset": {"imagefolder": {"test_fraction": 1.0}}},
+        "dataset.imagefolder.test_fraction: 1.0 is greater than or equal to the maximum of 1; use a value < 1",
+    ),
     "unknown choice": ({"device": "gpu"}, "device: 'gpu' is not one of ['auto', 'cpu', 'cuda']; use one of auto, cpu, cuda"),
     "unknown signal": ({"mislabel": {"score": ["self_influence", "margin"]}}, "mislabel.score.1: 'margin' is not one of"),
-    "repeated checkpoints": ({"train": {"checkpoint_epochs": [2, 2]}}, "train.checkpoint_epochs: [2, 2] has non-unique elements; list each value once"),
+    "repeated checkpoints": (
+        {"train": {"checkpoint_epochs": [2, 2]}},
+        "train.checkpoint_epochs: [2, 2] has non-unique elements; list each value once",
+    ),
     "no checkpoints": ({"train": {"checkpoint_epochs": []}}, "train.checkpoint_epochs: [] should be non-empty; list at least 1 value(s)"),
     # semantic checks (after the schema passes)
-    "checkpoint beyond epochs": ({"train": {"checkpoint_epochs": [2, 5]}}, "train.checkpoint_epochs: [5] are beyond train.epochs=3; remove them or raise train.epochs"),
-    "warm-up covers all epochs": ({"train": {"warmup_epochs": 3}}, "train.warmup_epochs=3 leaves no full-training epoch (train.epochs=3); lower it"),
-    "top_k beyond training set": ({"influence": {"top_k": 221}}, "influence.top_k=221 is larger than the training set (220 images); lower influence.top_k"),
-    "more train tiles than samples": ({"influence": {"train_tiles": 500}}, "influence.train_tiles=500 is more than the 220 training images; lower it"),
-    "more test tiles than samples": ({"influence": {"test_tiles": 41}}, "influence.test_tiles=41 is more than the 40 test images; lower it"),
-    "absurd learning rate": ({"train": {"lr_head": 1e38}}, "train.lr_head=1e+38 is far too large for AdamW (training diverges to NaN); use a value <= 1"),
-    "image folder without path": ({"dataset": {"source": "imagefolder"}}, "dataset.imagefolder.path: not set; give the folder of class folders, or use dataset.source: synthetic"),
-    "image folder path missing": ({"dataset": {"source": "imagefolder", "imagefolder": {"path": "/no/such/folder"}}},
-                                  "dataset.imagefolder.path: /no/such/folder does not exist; give the folder that holds one folder per class"),
-    "image folder path is a file": ({"dataset": {"source": "imagefolder", "imagefolder": {"path": str(REPO / "README.md")}}},
-                                    f"dataset.imagefolder.path: {REPO / 'README.md'} is a file, not a directory"),
-    "replay top_k beyond training set": ({"replay": {"enabled": True, "top_k": 300}}, "replay.top_k=300 is more than the 220 training images; lower it"),
-    "replay batch beyond training set": ({"replay": {"enabled": True, "batch_size": 221}}, "replay.batch_size=221 is more than the 220 training images; lower it"),
-    "replay targets beyond test set": ({"replay": {"enabled": True, "targets": "test", "max_targets": 41}}, "replay.max_targets=41 is more than the 40 test images; lower it"),
-    "replay Nesterov without momentum": ({"replay": {"optimizer": "sgd", "nesterov": True, "momentum": 0}}, "replay.nesterov: Nesterov momentum needs replay.momentum > 0"),
-    "LDS scatter beyond test set": ({"lds": {"enabled": True, "scatter_samples": 50}}, "lds.scatter_samples=50 is more than the 40 test images; lower it"),
+    "checkpoint beyond epochs": (
+        {"train": {"checkpoint_epochs": [2, 5]}},
+        "train.checkpoint_epochs: [5] are beyond train.epochs=3; remove them or raise train.epochs",
+    ),
+    "warm-up covers all epochs": (
+        {"train": {"warmup_epochs": 3}},
+        "train.warmup_epochs=3 leaves no full-training epoch (train.epochs=3); lower it",
+    ),
+    "top_k beyond training set": (
+        {"influence": {"top_k": 221}},
+        "influence.top_k=221 is larger than the training set (220 images); lower influence.top_k",
+    ),
+    "more train tiles than samples": (
+        {"influence": {"train_tiles": 500}},
+        "influence.train_tiles=500 is more than the 220 training images; lower it",
+    ),
+    "more test tiles than samples": (
+        {"influence": {"test_tiles": 41}},
+        "influence.test_tiles=41 is more than the 40 test images; lower it",
+    ),
+    "absurd learning rate": (
+        {"train": {"lr_head": 1e38}},
+        "train.lr_head=1e+38 is far too large for AdamW (training diverges to NaN); use a value <= 1",
+    ),
+    "image folder without path": (
+        {"dataset": {"source": "imagefolder"}},
+        "dataset.imagefolder.path: not set; give the folder of class folders, or use dataset.source: synthetic",
+    ),
+    "image folder path missing": (
+        {"dataset": {"source": "imagefolder", "imagefolder": {"path": "/no/such/folder"}}},
+        "dataset.imagefolder.path: /no/such/folder does not exist; give the folder that holds one folder per class",
+    ),
+    "image folder path is a file": (
+        {"dataset": {"source": "imagefolder", "imagefolder": {"path": str(REPO / "README.md")}}},
+        f"dataset.imagefolder.path: {REPO / 'README.md'} is a file, not a directory",
+    ),
+    "replay top_k beyond training set": (
+        {"replay": {"enabled": True, "top_k": 300}},
+        "replay.top_k=300 is more than the 220 training images; lower it",
+    ),
+    "replay batch beyond training set": (
+        {"replay": {"enabled": True, "batch_size": 221}},
+        "replay.batch_size=221 is more than the 220 training images; lower it",
+    ),
+    "replay targets beyond test set": (
+        {"replay": {"enabled": True, "targets": "test", "max_targets": 41}},
+        "replay.max_targets=41 is more than the 40 test images; lower it",
+    ),
+    "replay Nesterov without momentum": (
+        {"replay": {"optimizer": "sgd", "nesterov": True, "momentum": 0}},
+        "replay.nesterov: Nesterov momentum needs replay.momentum > 0",
+    ),
+    "LDS scatter beyond test set": (
+        {"lds": {"enabled": True, "scatter_samples": 50}},
+        "lds.scatter_samples=50 is more than the 40 test images; lower it",
+    ),
     "runs repeat a seed": ({"runs": {"seeds": [0, 1, 1]}}, "runs.seeds: [0, 1, 1] has non-unique elements; list each value once"),
-    "runs list only the main seed": ({"runs": {"seeds": [0]}}, "runs.seeds: [0] lists only the main run's seed (0); add other seeds to compare runs, or leave it empty"),
-    "pretrained weights missing": ({"model": {"pretrained_weights": "/models/nope.pth"}}, "model.pretrained_weights: /models/nope.pth does not exist; give a local .pth file or null"),
+    "runs list only the main seed": (
+        {"runs": {"seeds": [0]}},
+        "runs.seeds: [0] lists only the main run's seed (0); add other seeds to compare runs, or leave it empty",
+    ),
+    "pretrained weights missing": (
+        {"model": {"pretrained_weights": "/models/nope.pth"}},
+        "model.pretrained_weights: /models/nope.pth does not exist; give a local .pth file or null",
+    ),
 }
 
 
@@ -125,8 +219,27 @@ def dry_run(tmp_path, text: str) -> subprocess.CompletedProcess:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     # -n: should a check ever let the config through, nothing runs (the config is validated when the Snakefile is read, as for a real run)
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "run"), "--configfile", str(TINY_PATH), str(cfg),
-                           "--cores", "1", "-n"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path / "run"),
+            "--configfile",
+            str(TINY_PATH),
+            str(cfg),
+            "--cores",
+            "1",
+            "-n",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_workflow_stops_before_any_job(tmp_path) -> None:

@@ -11,22 +11,28 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from inflow.config import semantic_errors
-from inflow.errors import InflowError
-from inflow.imagefolder import load_image
-from inflow.io import read_table
-from inflow.prepare import prepare_data
+from inflow.core.config import semantic_errors
+from inflow.core.errors import InflowError
+from inflow.core.io import read_table
+from inflow.data.imagefolder import load_image
+from inflow.data.prepare import prepare_data
 
 EXTS = [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"]
 CLASSES = ("cat", "dog", "horse")
 
 
 def cfg(root, test_fraction=0.25, **over):
-    c = {"source": "imagefolder", "image_size": 16, "noise_rate": 0.0, "val_fraction": 0.1, "synthetic": {"n_train": 20, "n_test": 10},
-         "imagefolder": {"path": str(root), "test_fraction": test_fraction, "extensions": EXTS}}
+    c = {
+        "source": "imagefolder",
+        "image_size": 16,
+        "noise_rate": 0.0,
+        "val_fraction": 0.1,
+        "synthetic": {"n_train": 20, "n_test": 10},
+        "imagefolder": {"path": str(root), "test_fraction": test_fraction, "extensions": EXTS},
+    }
     c.update(over)
     return c
 
@@ -202,16 +208,26 @@ def test_class_with_only_corrupt_images_stops_naming_a_skipped_file(tmp_path) ->
     (root / "zebra").mkdir()
     for i in range(3):
         (root / "zebra" / f"{i}.jpg").write_bytes(b"garbage")
-    with pytest.raises(InflowError, match=r"class\(es\) zebra \(0\) have fewer than 2 readable images \(3 unreadable file\(s\) skipped, e\.g\. .*zebra/0\.jpg\)"):
+    with pytest.raises(
+        InflowError,
+        match=r"class\(es\) zebra \(0\) have fewer than 2 readable images \(3 unreadable file\(s\) skipped, e\.g\. .*zebra/0\.jpg\)",
+    ):
         prepare(root, tmp_path)
     assert_nothing_written(tmp_path)
 
 
-@pytest.mark.parametrize("test_fraction,n_zebra,missing,fix", [(0.2, 2, "test", "raise test_fraction"), (0.8, 2, "train", "lower test_fraction"), (0.25, 1, None, None)])
+@pytest.mark.parametrize(
+    "test_fraction,n_zebra,missing,fix",
+    [(0.2, 2, "test", "raise test_fraction"), (0.8, 2, "train", "lower test_fraction"), (0.25, 1, None, None)],
+)
 def test_class_missing_from_train_or_test_stops(tmp_path, test_fraction, n_zebra, missing, fix) -> None:
     root = good_folder(tmp_path / "data")
     good_folder(root, n=n_zebra, classes=("zebra",))
-    pattern = rf"class\(es\) zebra \({n_zebra}\) would get no {missing} images .*{fix}" if missing else r"zebra \(1\) have fewer than 2 readable images"
+    pattern = (
+        rf"class\(es\) zebra \({n_zebra}\) would get no {missing} images .*{fix}"
+        if missing
+        else r"zebra \(1\) have fewer than 2 readable images"
+    )
     with pytest.raises(InflowError, match=pattern):
         prepare(root, tmp_path, test_fraction=test_fraction)
     assert_nothing_written(tmp_path)
@@ -250,13 +266,36 @@ def test_workflow_reports_a_bad_folder_in_one_line(tmp_path) -> None:
     for i in range(4):
         (root / "zebra" / f"{i}.jpg").write_bytes(b"garbage")
     config = tmp_path / "config.yaml"
-    config.write_text(f"dataset:\n  source: imagefolder\n  image_size: 16\n  imagefolder:\n    path: {root}\n    test_fraction: 0.25\ninfluence: {{top_k: 3}}\n")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "run"), "--configfile", str(config),
-                           "--cores", "1", "results/data/manifest.parquet"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    config.write_text(
+        f"dataset:\n  source: imagefolder\n  image_size: 16\n  imagefolder:\n    path: {root}\n    test_fraction: 0.25\ninfluence: {{top_k: 3}}\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path / "run"),
+            "--configfile",
+            str(config),
+            "--cores",
+            "1",
+            "results/data/manifest.parquet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "inflow error in rule prepare_data: dataset.imagefolder.path: class(es) zebra (0) have fewer than 2 readable images (4 unreadable file(s) skipped" in out
-    assert "Traceback" not in out and "File \"" not in text_of(tmp_path / "run/logs/prepare_data.log")
+    assert (
+        "inflow error in rule prepare_data: dataset.imagefolder.path: class(es) zebra (0) have fewer than 2 readable images (4 unreadable file(s) skipped"
+        in out
+    )
+    assert "Traceback" not in out and 'File "' not in text_of(tmp_path / "run/logs/prepare_data.log")
     assert not (tmp_path / "run/results/data/manifest.parquet").exists()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inflow.cleaning import (
+from inflow.cleaning.review import (
     apply_review,
     budget_count,
     clean_manifest,
@@ -20,8 +20,8 @@ from inflow.cleaning import (
     read_review,
     review_table,
 )
-from inflow.errors import InflowError
-from inflow.io import read_table, write_table
+from inflow.core.errors import InflowError
+from inflow.core.io import read_table, write_table
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -60,8 +60,15 @@ def test_proposed_action_relabels_only_confident_other_class() -> None:
 
 def test_review_table_takes_the_top_ranked() -> None:
     ranking = pd.DataFrame(
-        {"rank": [2, 1, 3], "sample_id": [4, 1, 0], "path": ["b", "a", "c"], "label_name": ["cat", "fox", "cat"],
-         "suggested_label_name": ["dog", "dog", "cat"], "confidence": [0.4, 0.8, 0.9], "score": [0.8, 0.9, 0.1]}
+        {
+            "rank": [2, 1, 3],
+            "sample_id": [4, 1, 0],
+            "path": ["b", "a", "c"],
+            "label_name": ["cat", "fox", "cat"],
+            "suggested_label_name": ["dog", "dog", "cat"],
+            "confidence": [0.4, 0.8, 0.9],
+            "score": [0.8, 0.9, 0.1],
+        }
     )
     review = review_table(ranking, 2, 0.5)
     assert review.sample_id.tolist() == [1, 4]
@@ -130,10 +137,16 @@ def test_clean_manifest_writes_the_variant_and_marks_remaining_noise(tmp_path: P
 
 def test_comparison_gains_and_share_of_the_oracle() -> None:
     m = manifest()
+
     def preds(correct_test: int) -> pd.DataFrame:
-        return pd.DataFrame({"split": ["test", "test"], "label": [0, 0], "pred": [0] * correct_test + [1] * (2 - correct_test), "loss": [0.5, 0.5]})
+        return pd.DataFrame(
+            {"split": ["test", "test"], "label": [0, 0], "pred": [0] * correct_test + [1] * (2 - correct_test), "loss": [0.5, 0.5]}
+        )
+
     oracle = oracle_fix(m, 3, seed=0)
-    influence = apply_review(m, pd.DataFrame({"sample_id": [1, 4], "suggested_label": ["dog", "dog"], "action": ["relabel", "drop"]}), CLASSES)
+    influence = apply_review(
+        m, pd.DataFrame({"sample_id": [1, 4], "suggested_label": ["dog", "dog"], "action": ["relabel", "drop"]}), CLASSES
+    )
     table = comparison_table(m, {"baseline": (m, preds(0)), "influence": (influence, preds(1)), "oracle": (oracle, preds(2))})
     row = table.set_index("variant")
     assert row.loc["influence", "accuracy_gain"] == 0.5 and row.loc["oracle", "accuracy_gain"] == 1.0

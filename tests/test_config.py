@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from conftest import REPO
-from inflow.config import schema_errors, semantic_errors
+from inflow.core.config import schema_errors, semantic_errors
 
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 
@@ -38,7 +38,13 @@ def test_empty_config_gets_every_default() -> None:
 
 @pytest.mark.parametrize(
     "path,value",
-    [(("train", "epochs"), 0), (("influence", "top_k"), -1), (("train", "lr_head"), "fast"), (("dataset", "source"), "s3"), (("train", "bogus_key"), 1)],
+    [
+        (("train", "epochs"), 0),
+        (("influence", "top_k"), -1),
+        (("train", "lr_head"), "fast"),
+        (("dataset", "source"), "s3"),
+        (("train", "bogus_key"), 1),
+    ],
 )
 def test_schema_rejects_bad_values(path, value) -> None:
     cfg = default_config()
@@ -72,8 +78,12 @@ def test_schema_errors_are_one_line_per_problem_naming_the_key() -> None:
 def test_workflow_refuses_a_bad_config_before_any_job(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  checkpoint_epochs: [3, 40]\n")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(bad), "-n"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(bad), "-n"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "train.checkpoint_epochs: [40] are beyond train.epochs=12" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from inflow.factors import layer_factors, read_factors, write_factors
-from inflow.influence import ghost_block
-from inflow.losses import inverse_frequency_weights, per_sample_loss
-from inflow.models import build_model
+from inflow.model.architectures import build_model
+from inflow.model.losses import inverse_frequency_weights, per_sample_loss
+from inflow.tracin.factors import layer_factors, read_factors, write_factors
+from inflow.tracin.influence import ghost_block
 
 
 def per_sample_weight_grads(model, x, y, weights, smoothing, include_bias) -> torch.Tensor:
@@ -61,7 +61,7 @@ def test_factor_parquet_round_trip_is_exact_and_zero_copy(tmp_path) -> None:
 
 @pytest.mark.parametrize("rows", [(0, 23), (3, 20), (5, 10), (22, 23), (7, 7)])
 def test_partial_factor_reads_match_full_reads(tmp_path, monkeypatch, rows) -> None:
-    import inflow.factors as factors
+    import inflow.tracin.factors as factors
 
     monkeypatch.setattr(factors, "ROW_GROUP_SIZE", 5)  # several row groups
     rng = np.random.default_rng(2)

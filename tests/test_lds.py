@@ -14,15 +14,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO, dense_tracin, job_counts
 from torch.nn import functional as F
 
-from conftest import REPO, dense_tracin, job_counts
-from inflow.data import Split
-from inflow.errors import InflowError
-from inflow.io import read_table, write_table
-from inflow.lds import (average_ranks, bootstrap_ci, lds, measure_outputs, scatter_rows, spearman_rows, subset_manifest,
-                        subset_masks, subset_scores, write_lds)
-from inflow.models import build_model
+from inflow.core.errors import InflowError
+from inflow.core.io import read_table, write_table
+from inflow.core.stats import average_ranks, bootstrap_ci, lds, spearman_rows, subset_masks
+from inflow.data.manifest import Split
+from inflow.model.architectures import build_model
+from inflow.train.subset import subset_manifest
+from inflow.validation.lds import measure_outputs, scatter_rows, subset_scores, write_lds
 
 
 def brute_ranks(row: np.ndarray) -> np.ndarray:
@@ -54,7 +55,7 @@ def test_spearman_is_rank_invariant_and_signed() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 20))
     np.testing.assert_allclose(spearman_rows(x, np.exp(3 * x)), 1.0)
-    np.testing.assert_allclose(spearman_rows(x, -x**3), -1.0)
+    np.testing.assert_allclose(spearman_rows(x, -(x**3)), -1.0)
 
 
 def test_subsets_are_deterministic_with_exact_size() -> None:
@@ -131,7 +132,13 @@ def test_summed_influence_equals_dense_tracin_times_masks(factor_files, tmp_path
     models, cols = np.nonzero(masks)
     write_table(pd.DataFrame({"model": models, "sample_id": train_ids[cols]}), tmp_path / "subsets.parquet")
     out = tmp_path / "scores.parquet"
-    subset_scores([paths[(e, "test")] for e in epochs], [paths[(e, "train")] for e in epochs], str(tmp_path / "subsets.parquet"), str(out), memory_mb=0.01)
+    subset_scores(
+        [paths[(e, "test")] for e in epochs],
+        [paths[(e, "train")] for e in epochs],
+        str(tmp_path / "subsets.parquet"),
+        str(out),
+        memory_mb=0.01,
+    )
     table = read_table(out)
     got = table.pivot(index="test_id", columns="model", values="score").loc[test_ids].to_numpy()
     want = dense_tracin(arrays, lrs) @ masks.T.astype(np.float64)
@@ -169,17 +176,36 @@ def test_write_lds_json_and_picture(tmp_path) -> None:
     n_test, m = 30, 8
     scores = rng.normal(size=(n_test, m))
     test_ids = np.arange(1000, 1000 + n_test)
-    write_table(pd.DataFrame({"test_id": np.repeat(test_ids, m), "model": np.tile(np.arange(m), n_test), "score": scores.ravel()}),
-                tmp_path / "scores.parquet", metadata={"epochs": [2, 3], "tracin_lr": [0.001, 0.001], "layer": "head.0"})
-    write_table(pd.DataFrame({"model": [0], "sample_id": [1]}), tmp_path / "subsets.parquet", metadata={"alpha": 0.5, "subset_size": 10, "n_train": 20})
+    write_table(
+        pd.DataFrame({"test_id": np.repeat(test_ids, m), "model": np.tile(np.arange(m), n_test), "score": scores.ravel()}),
+        tmp_path / "scores.parquet",
+        metadata={"epochs": [2, 3], "tracin_lr": [0.001, 0.001], "layer": "head.0"},
+    )
+    write_table(
+        pd.DataFrame({"model": [0], "sample_id": [1]}),
+        tmp_path / "subsets.parquet",
+        metadata={"alpha": 0.5, "subset_size": 10, "n_train": 20},
+    )
     outputs = []
     for j in range(m):
         path = tmp_path / f"out_{j}.parquet"
         noisy = scores[:, j] + rng.normal(size=n_test)
-        write_table(pd.DataFrame({"model": j, "test_id": test_ids[::-1], "neg_loss": noisy[::-1], "margin": -noisy[::-1], "correct": True}), path)
+        write_table(
+            pd.DataFrame({"model": j, "test_id": test_ids[::-1], "neg_loss": noisy[::-1], "margin": -noisy[::-1], "correct": True}), path
+        )
         outputs.append(str(path))
-    write_lds(str(tmp_path / "scores.parquet"), outputs, str(tmp_path / "subsets.parquet"), "neg_loss", 200, 0, 3,
-              str(tmp_path / "lds.json"), str(tmp_path / "per_test.parquet"), str(tmp_path / "lds.png"))
+    write_lds(
+        str(tmp_path / "scores.parquet"),
+        outputs,
+        str(tmp_path / "subsets.parquet"),
+        "neg_loss",
+        200,
+        0,
+        3,
+        str(tmp_path / "lds.json"),
+        str(tmp_path / "per_test.parquet"),
+        str(tmp_path / "lds.png"),
+    )
     result = json.loads((tmp_path / "lds.json").read_text())
     assert result["n_models"] == m and result["alpha"] == 0.5 and result["output"] == "neg_loss"
     assert 0.3 < result["lds"] < 1 and result["ci95"][0] < result["lds"] < result["ci95"][1]
@@ -201,7 +227,21 @@ def dry_run_jobs(workdir: Path, lds_cfg: dict, *targets: str) -> dict[str, int]:
     config["lds"] = lds_cfg
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(path), "--cores", "2", "-n", *targets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(path),
+        "--cores",
+        "2",
+        "-n",
+        *targets,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return job_counts(proc.stdout)

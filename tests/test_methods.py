@@ -14,27 +14,38 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from snakemake.utils import validate
-
 from conftest import REPO, job_counts
-from inflow import projection
-from inflow.checkpoints import save_checkpoint
-from inflow.config import schema_errors, semantic_errors
-from inflow.crossval import NOT_INSTALLED, cleanlab_issues, fold_assignment
-from inflow.errors import InflowError
-from inflow.factors import (check_factors_match, check_same_samples, extract_factors, head_layer_factors, layer_factors, read_factor_blocks,
-                            read_factor_meta, read_factors, write_factor_blocks, write_factors)
-from inflow.influence import ghost_sum, influence_shard
-from inflow.io import read_table, write_json, write_table
-from inflow.lds import subset_masks, subset_scores
-from inflow.losses import inverse_frequency_weights, per_sample_loss
-from inflow.methods import compare_methods
-from inflow.mislabel import ranking_metrics
-from inflow.models import build_model
-from inflow.prepare import prepare_data
-from inflow.projection import Projector, model_projector, per_sample_gradients
-from inflow.selfinfluence import self_influence
+from snakemake.utils import validate
 from test_topk import run_tiled
+
+from inflow.core.config import schema_errors, semantic_errors
+from inflow.core.errors import InflowError
+from inflow.core.io import read_table, write_json, write_table
+from inflow.core.stats import subset_masks
+from inflow.data.prepare import prepare_data
+from inflow.mislabel.ranking import ranking_metrics
+from inflow.model.architectures import build_model
+from inflow.model.checkpoints import save_checkpoint
+from inflow.model.losses import inverse_frequency_weights, per_sample_loss
+from inflow.tracin import projection
+from inflow.tracin.factors import (
+    check_factors_match,
+    check_same_samples,
+    extract_factors,
+    head_layer_factors,
+    layer_factors,
+    read_factor_blocks,
+    read_factor_meta,
+    read_factors,
+    write_factor_blocks,
+    write_factors,
+)
+from inflow.tracin.influence import ghost_sum, influence_shard
+from inflow.tracin.projection import Projector, model_projector, per_sample_gradients
+from inflow.tracin.self_influence import self_influence
+from inflow.validation.cleanlab_baseline import NOT_INSTALLED, cleanlab_issues, fold_assignment
+from inflow.validation.comparison import compare_methods
+from inflow.validation.lds import subset_scores
 
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 WEIGHTS = inverse_frequency_weights(np.array([0, 0, 1, 2, 2, 2, 3, 4]), 5)
@@ -77,8 +88,12 @@ def head_run(tmp_path_factory):
             last = layer_factors(model, x[split], y[split], WEIGHTS, SMOOTHING, include_bias=True)
             torch.testing.assert_close(blocks[0], last, rtol=1e-6, atol=1e-7)  # block 0 is the last-layer factors
             paths[(epoch, split)] = str(d / f"epoch_{epoch}_{split}.parquet")
-            write_factor_blocks(paths[(epoch, split)], ids[split], [(a.numpy(), e.numpy()) for a, e in blocks],
-                                {"epoch": epoch, "tracin_lr": lr, "split": split, "method": "head_layers", "layers": ["head.2", "head.0"]})
+            write_factor_blocks(
+                paths[(epoch, split)],
+                ids[split],
+                [(a.numpy(), e.numpy()) for a, e in blocks],
+                {"epoch": epoch, "tracin_lr": lr, "split": split, "method": "head_layers", "layers": ["head.2", "head.0"]},
+            )
             grads[split] = autograd_gradients(model, x[split], y[split], HEAD)
         dense = dense + lr * (grads["test"] @ grads["train"].T).numpy()
         self_dense = self_dense + lr * (grads["train"] ** 2).sum(1).numpy()
@@ -103,7 +118,12 @@ def test_head_layers_influence_equals_brute_force_gradient_dot_products(head_run
     masks = subset_masks(len(ids["train"]), 4, 0.5, seed=0)
     models, cols = np.nonzero(masks)
     write_table(pd.DataFrame({"model": models, "sample_id": ids["train"][cols]}), tmp_path / "subsets.parquet")
-    subset_scores([paths[(e, "test")] for e in lrs], [paths[(e, "train")] for e in lrs], str(tmp_path / "subsets.parquet"), str(tmp_path / "s.parquet"))
+    subset_scores(
+        [paths[(e, "test")] for e in lrs],
+        [paths[(e, "train")] for e in lrs],
+        str(tmp_path / "subsets.parquet"),
+        str(tmp_path / "s.parquet"),
+    )
     got = read_table(tmp_path / "s.parquet").pivot(index="test_id", columns="model", values="score").to_numpy()
     np.testing.assert_allclose(got, dense @ masks.T, rtol=1e-4, atol=1e-6 * np.abs(dense).max())
 
@@ -120,9 +140,17 @@ def test_mixing_factor_methods_stops(head_run, tmp_path) -> None:
     paths, *_ = head_run
     rng = np.random.default_rng(0)
     last = str(tmp_path / "last_train.parquet")
-    write_factors(last, np.arange(100, 114), rng.normal(size=(14, 65)).astype(np.float32), rng.normal(size=(14, 5)).astype(np.float32),
-                  {"epoch": 2, "tracin_lr": 0.01, "split": "train"})  # no method recorded: last layer
-    with pytest.raises(InflowError, match=r"factors of two methods \(head_layers vs last_layer\); delete both and rerun the factors rule with one factors.method"):
+    write_factors(
+        last,
+        np.arange(100, 114),
+        rng.normal(size=(14, 65)).astype(np.float32),
+        rng.normal(size=(14, 5)).astype(np.float32),
+        {"epoch": 2, "tracin_lr": 0.01, "split": "train"},
+    )  # no method recorded: last layer
+    with pytest.raises(
+        InflowError,
+        match=r"factors of two methods \(head_layers vs last_layer\); delete both and rerun the factors rule with one factors.method",
+    ):
         influence_shard(paths[(2, "test")], last, "0-0", 1, 1, str(tmp_path / "shard.npy"))
     with pytest.raises(InflowError, match=r"last_train.parquet: holds last_layer factors but .* holds head_layers factors"):
         check_same_samples([paths[(2, "train")], last])
@@ -182,8 +210,8 @@ def test_projection_is_seeded_chunked_and_batch_independent(tiny_model, monkeypa
     g = torch.cat([v.reshape(len(x), -1) for v in grads.values()], 1)
     torch.testing.assert_close(uncached.project(grads), g @ r / 8.0, rtol=1e-4, atol=1e-6)
     scales = {n: (0.0 if n.startswith("backbone") else 2.0) for n in grads}
-    head_only = g[:, -sum(v[0].numel() for n, v in grads.items() if n.startswith("head")):]
-    torch.testing.assert_close(uncached.project(grads, scales), 2.0 * head_only @ r[-head_only.shape[1]:] / 8.0, rtol=1e-4, atol=1e-6)
+    head_only = g[:, -sum(v[0].numel() for n, v in grads.items() if n.startswith("head")) :]
+    torch.testing.assert_close(uncached.project(grads, scales), 2.0 * head_only @ r[-head_only.shape[1] :] / 8.0, rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +221,31 @@ def data_run(tmp_path_factory):
     cfg = {"source": "synthetic", "image_size": 8, "noise_rate": 0.1, "val_fraction": 0.1, "synthetic": {"n_train": 40, "n_test": 20}}
     prepare_data(cfg, 0, str(d / "images.npy"), str(d / "manifest.parquet"), str(d / "skipped.csv"), str(d / "classes.json"))
     torch.manual_seed(0)
-    save_checkpoint(build_model("resnet9", 10, width=2), {"name": "resnet9", "num_classes": 10, "width": 2}, d / "epoch_1.pt",
-                    {"epoch": 1, "lr": {"backbone": 1e-3, "head": 2e-3}, "tracin_lr": 2e-3, "hooked_layer": "head.2"}, d / "epoch_1.json")
+    save_checkpoint(
+        build_model("resnet9", 10, width=2),
+        {"name": "resnet9", "num_classes": 10, "width": 2},
+        d / "epoch_1.pt",
+        {"epoch": 1, "lr": {"backbone": 1e-3, "head": 2e-3}, "tracin_lr": 2e-3, "hooked_layer": "head.2"},
+        d / "epoch_1.json",
+    )
     return d
 
 
 def extract(d: Path, split: str, method: dict, name: str) -> str:
     out = str(d / f"{name}_{split}.parquet")
-    extract_factors(str(d / "images.npy"), str(d / "manifest.parquet"), str(d / "epoch_1.pt"), str(d / "epoch_1.json"), split,
-                    {"class_weights": True, "label_smoothing": 0.1}, True, 7, "cpu", out, method)
+    extract_factors(
+        str(d / "images.npy"),
+        str(d / "manifest.parquet"),
+        str(d / "epoch_1.pt"),
+        str(d / "epoch_1.json"),
+        split,
+        {"class_weights": True, "label_smoothing": 0.1},
+        True,
+        7,
+        "cpu",
+        out,
+        method,
+    )
     return out
 
 
@@ -209,8 +253,8 @@ def test_projection_factor_files_share_one_matrix_across_splits(data_run) -> Non
     """Train and test files (written by separate calls, batches of 7) hold projections by the same seeded
     matrix, with the backbone's gradients weighted by sqrt(lr_backbone / lr_head); their influence is
     lr * <p, p'>."""
-    from inflow.checkpoints import load_checkpoint
-    from inflow.data import load_manifest, load_split
+    from inflow.data.manifest import load_manifest, load_split
+    from inflow.model.checkpoints import load_checkpoint
 
     method = {"method": "projection", "projection_dim": 32, "projection_seed": 5}
     paths = {split: extract(data_run, split, method, "proj") for split in ("train", "test")}
@@ -219,8 +263,14 @@ def test_projection_factor_files_share_one_matrix_across_splits(data_run) -> Non
     weights = inverse_frequency_weights(manifest.loc[manifest.split == "train", "label"].to_numpy(), 10)
     for split, path in paths.items():
         ids, blocks, meta = read_factor_blocks(path)
-        assert meta["method"] == "projection" and meta["projection_dim"] == 32 and meta["projection_seed"] == 5 and meta["d_a"] == 32 and meta["d_out"] == 1
-        (a, e), = blocks
+        assert (
+            meta["method"] == "projection"
+            and meta["projection_dim"] == 32
+            and meta["projection_seed"] == 5
+            and meta["d_a"] == 32
+            and meta["d_out"] == 1
+        )
+        ((a, e),) = blocks
         np.testing.assert_array_equal(e, 1.0)
         data = load_split(str(data_run / "images.npy"), manifest, split)
         x, y = data.batch(slice(None), torch.device("cpu"))
@@ -242,7 +292,7 @@ def test_head_layer_factor_files_record_their_layers(data_run) -> None:
 
 
 def test_ghost_sum_of_one_block_is_ghost_block() -> None:
-    from inflow.influence import ghost_block
+    from inflow.tracin.influence import ghost_block
 
     rng = np.random.default_rng(0)
     a_q, e_q, a_r, e_r = (torch.from_numpy(rng.normal(size=s).astype(np.float32)) for s in ((5, 7), (5, 3), (9, 7), (9, 3)))
@@ -270,9 +320,17 @@ def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
     validate(cfg, SCHEMA, set_default=True)
     assert cfg["factors"]["method"] == "last_layer" and cfg["factors"]["projection_dim"] == 512 and cfg["factors"]["projection_seed"] == 0
     assert cfg["compare"] == {"enabled": False, "methods": ["last_layer", "head_layers", "projection"], "cleanlab_folds": 5}
-    assert config_errors({"factors": {"method": "projection", "projection_dim": 64}, "compare": {"methods": ["projection"], "cleanlab_folds": 0}}) == []
+    assert (
+        config_errors(
+            {"factors": {"method": "projection", "projection_dim": 64}, "compare": {"methods": ["projection"], "cleanlab_folds": 0}}
+        )
+        == []
+    )
     for over, line in [
-        ({"factors": {"method": "all_layers"}}, "factors.method: 'all_layers' is not one of ['last_layer', 'head_layers', 'projection']; use one of"),
+        (
+            {"factors": {"method": "all_layers"}},
+            "factors.method: 'all_layers' is not one of ['last_layer', 'head_layers', 'projection']; use one of",
+        ),
         ({"factors": {"projection_dim": 0}}, "factors.projection_dim: 0 is less than the minimum of 1; use a value >= 1 (default: 512)"),
         ({"compare": {"methods": []}}, "compare.methods: [] should be non-empty"),
         ({"compare": {"methods": ["tracin"]}}, "compare.methods.0: 'tracin' is not one of"),
@@ -288,8 +346,22 @@ def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
 def dry_run_jobs(workdir: Path, over: dict, *targets: str) -> dict[str, int]:
     path = workdir / "over.yaml"
     path.write_text(yaml.safe_dump(over))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(REPO / "tests/configs/tiny.yaml"), str(path),
-           "--cores", "2", "-n", *targets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(REPO / "tests/configs/tiny.yaml"),
+        str(path),
+        "--cores",
+        "2",
+        "-n",
+        *targets,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return job_counts(proc.stdout)
@@ -297,10 +369,24 @@ def dry_run_jobs(workdir: Path, over: dict, *targets: str) -> dict[str, int]:
 
 def test_dry_run_of_the_comparison_plans_every_method_and_baseline(tmp_path) -> None:
     jobs = dry_run_jobs(tmp_path, {"compare": {"cleanlab_folds": 3}, "lds": {"n_models": 4}}, "results/methods/comparison.csv")
-    expected = {"method_factors": 3 * 2 * 2, "method_self_influence": 3, "method_lds_scores": 3, "method_lds": 3, "lds_subsets": 1, "lds_train": 4,
-                "cleanlab_fold": 3, "cleanlab": 1, "method_comparison": 1, "mislabel": 1, "train": 1, "factors": 4}
+    expected = {
+        "method_factors": 3 * 2 * 2,
+        "method_self_influence": 3,
+        "method_lds_scores": 3,
+        "method_lds": 3,
+        "lds_subsets": 1,
+        "lds_train": 4,
+        "cleanlab_fold": 3,
+        "cleanlab": 1,
+        "method_comparison": 1,
+        "mislabel": 1,
+        "train": 1,
+        "factors": 4,
+    }
     assert {rule: jobs.get(rule) for rule in expected} == expected, jobs
-    jobs = dry_run_jobs(tmp_path, {"compare": {"enabled": True, "methods": ["projection"], "cleanlab_folds": 0}, "factors": {"method": "head_layers"}})
+    jobs = dry_run_jobs(
+        tmp_path, {"compare": {"enabled": True, "methods": ["projection"], "cleanlab_folds": 0}, "factors": {"method": "head_layers"}}
+    )
     assert jobs.get("method_factors") == 4 and jobs.get("method_comparison") == 1 and jobs.get("factors") == 4, jobs
     assert not {"cleanlab", "cleanlab_fold"} & set(jobs), jobs
     assert not (tmp_path / "results").exists()
@@ -313,18 +399,32 @@ def comparison_inputs(tmp_path):
     n = 200
     flipped = np.zeros(n, dtype=bool)
     flipped[rng.choice(n, 20, replace=False)] = True
-    manifest = pd.DataFrame({"sample_id": np.arange(n + 10), "split": ["train"] * n + ["test"] * 10,
-                             "label": rng.integers(0, 4, n + 10), "flipped": np.r_[flipped, np.zeros(10, bool)]})
+    manifest = pd.DataFrame(
+        {
+            "sample_id": np.arange(n + 10),
+            "split": ["train"] * n + ["test"] * 10,
+            "label": rng.integers(0, 4, n + 10),
+            "flipped": np.r_[flipped, np.zeros(10, bool)],
+        }
+    )
     write_table(manifest, tmp_path / "manifest.parquet", metadata={"class_names": ["a", "b", "c", "d"]})
     paths = {"self_influence": [], "lds": []}
     for i, method in enumerate(["last_layer", "projection"]):
         score = flipped * (1.0 + i) + rng.normal(size=n)
         write_table(pd.DataFrame({"sample_id": np.arange(n)[::-1], "self_influence": score[::-1]}), tmp_path / f"{method}.parquet")
-        write_json({"lds": 0.1 * i, "ci95": [0.1 * i - 0.05, 0.1 * i + 0.05], "output": "neg_loss", "n_models": 8}, tmp_path / f"{method}.json")
+        write_json(
+            {"lds": 0.1 * i, "ci95": [0.1 * i - 0.05, 0.1 * i + 0.05], "output": "neg_loss", "n_models": 8}, tmp_path / f"{method}.json"
+        )
         paths["self_influence"].append(str(tmp_path / f"{method}.parquet"))
         paths["lds"].append(str(tmp_path / f"{method}.json"))
-    write_json({"score": ["self_influence", "disagreement"], "ranking": {"recall_at_10pct": 0.7, "auroc": 0.9},
-                "baseline_loss": {"recall_at_10pct": 0.6, "auroc": 0.85}}, tmp_path / "mislabel.json")
+    write_json(
+        {
+            "score": ["self_influence", "disagreement"],
+            "ranking": {"recall_at_10pct": 0.7, "auroc": 0.9},
+            "baseline_loss": {"recall_at_10pct": 0.6, "auroc": 0.85},
+        },
+        tmp_path / "mislabel.json",
+    )
     return tmp_path, manifest, flipped, paths
 
 
@@ -335,8 +435,16 @@ def test_comparison_table_has_every_row(comparison_inputs, monkeypatch) -> None:
     write_table(probs, d / "probs.parquet")
     cleanlab_issues(str(d / "manifest.parquet"), [str(d / "probs.parquet")], str(d / "cleanlab.json"), str(d / "issues.parquet"))
     assert json.loads((d / "cleanlab.json").read_text())["available"] is False
-    table = compare_methods(str(d / "manifest.parquet"), str(d / "mislabel.json"), ["last_layer", "projection"], paths["self_influence"], paths["lds"],
-                            [str(d / "cleanlab.json")], str(d / "comparison.csv"), str(d / "comparison.png"))
+    table = compare_methods(
+        str(d / "manifest.parquet"),
+        str(d / "mislabel.json"),
+        ["last_layer", "projection"],
+        paths["self_influence"],
+        paths["lds"],
+        [str(d / "cleanlab.json")],
+        str(d / "comparison.csv"),
+        str(d / "comparison.png"),
+    )
     assert table.row.tolist() == ["tracin:last_layer", "tracin:projection", "workflow ranking", "training loss", "cleanlab"]
     for i, path in enumerate(paths["self_influence"]):
         si = read_table(path).set_index("sample_id").self_influence.loc[np.arange(len(flipped))].to_numpy()
@@ -355,7 +463,9 @@ def rng_probs(manifest: pd.DataFrame, flipped: np.ndarray) -> pd.DataFrame:
     logits = rng.normal(size=(len(train), 4))
     logits[np.arange(len(train)), np.where(flipped, (labels + 1) % 4, labels)] += 4.0  # a flipped sample looks like another class
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    return pd.DataFrame({"sample_id": train.sample_id, "fold": np.arange(len(train)) % 2, "label": labels, **{f"p_{c}": p[:, c] for c in range(4)}})
+    return pd.DataFrame(
+        {"sample_id": train.sample_id, "fold": np.arange(len(train)) % 2, "label": labels, **{f"p_{c}": p[:, c] for c in range(4)}}
+    )
 
 
 def test_cleanlab_finds_the_flipped_labels(comparison_inputs) -> None:
@@ -364,7 +474,12 @@ def test_cleanlab_finds_the_flipped_labels(comparison_inputs) -> None:
     probs = rng_probs(manifest, flipped)
     write_table(probs[probs.fold == 0], d / "fold_0.parquet")
     write_table(probs[probs.fold == 1], d / "fold_1.parquet")
-    cleanlab_issues(str(d / "manifest.parquet"), [str(d / "fold_0.parquet"), str(d / "fold_1.parquet")], str(d / "cleanlab.json"), str(d / "issues.parquet"))
+    cleanlab_issues(
+        str(d / "manifest.parquet"),
+        [str(d / "fold_0.parquet"), str(d / "fold_1.parquet")],
+        str(d / "cleanlab.json"),
+        str(d / "issues.parquet"),
+    )
     result = json.loads((d / "cleanlab.json").read_text())
     assert result["available"] and result["n_folds"] == 2 and result["n_flagged"] > 0
     assert result["metrics"]["recall_at_10pct"] > 0.8 and result["flagged_recall"] > 0.8

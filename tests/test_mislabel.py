@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inflow.mislabel import auroc, build_signals, combine, ranking_metrics
+from inflow.mislabel.ranking import auroc, build_signals, combine, ranking_metrics
 
 
 def brute_force_auroc(scores, positive) -> float:
@@ -45,13 +45,38 @@ def test_combine_averages_percentile_ranks() -> None:
 
 
 def test_build_signals_counts_opponents() -> None:
-    manifest = pd.DataFrame({"sample_id": [0, 1, 2, 9], "split": ["train", "train", "train", "test"], "path": None,
-                             "label": [0, 1, 1, 0], "label_name": ["a", "b", "b", "a"], "true_label": [0, 0, 1, 0],
-                             "true_label_name": ["a", "a", "b", "a"], "flipped": [False, True, False, False]})
-    topk = pd.DataFrame({"test_id": [9, 9, 8, 8], "kind": ["opponent", "proponent", "opponent", "opponent"],
-                         "rank": [1, 1, 1, 2], "train_id": [1, 0, 1, 2], "influence": [-1.0, 1.0, -2.0, -0.5]})
-    preds = pd.DataFrame({"sample_id": [0, 1, 2], "split": "train", "pred": [0, 0, 1], "pred_name": ["a", "a", "b"],
-                          "confidence": [0.9, 0.8, 0.7], "p_label": [0.9, 0.1, 0.7], "loss": [0.1, 2.3, 0.36]})
+    manifest = pd.DataFrame(
+        {
+            "sample_id": [0, 1, 2, 9],
+            "split": ["train", "train", "train", "test"],
+            "path": None,
+            "label": [0, 1, 1, 0],
+            "label_name": ["a", "b", "b", "a"],
+            "true_label": [0, 0, 1, 0],
+            "true_label_name": ["a", "a", "b", "a"],
+            "flipped": [False, True, False, False],
+        }
+    )
+    topk = pd.DataFrame(
+        {
+            "test_id": [9, 9, 8, 8],
+            "kind": ["opponent", "proponent", "opponent", "opponent"],
+            "rank": [1, 1, 1, 2],
+            "train_id": [1, 0, 1, 2],
+            "influence": [-1.0, 1.0, -2.0, -0.5],
+        }
+    )
+    preds = pd.DataFrame(
+        {
+            "sample_id": [0, 1, 2],
+            "split": "train",
+            "pred": [0, 0, 1],
+            "pred_name": ["a", "a", "b"],
+            "confidence": [0.9, 0.8, 0.7],
+            "p_label": [0.9, 0.1, 0.7],
+            "loss": [0.1, 2.3, 0.36],
+        }
+    )
     sig = build_signals(manifest, pd.DataFrame({"sample_id": [0, 1, 2], "self_influence": [0.1, 5.0, 0.2]}), topk, preds)
     assert sig.set_index("sample_id").opponent_count.to_dict() == {0: 0, 1: 2, 2: 1}
     assert sig.set_index("sample_id").opponent_share.to_dict() == {0: 0.0, 1: 1.0, 2: 0.5}

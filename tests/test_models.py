@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inflow.errors import InflowError
-from inflow.models import build_model, kinked_modules, resnet9_backbone
+from inflow.core.errors import InflowError
+from inflow.model.architectures import build_model, kinked_modules, resnet9_backbone
 
 
 def test_resnet50_head_matches_the_seed_architecture() -> None:
     model = build_model("resnet50_head", num_classes=10)
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 512), (512, 256), (256, 10)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(2048, 512), (512, 256), (256, 10)]
     assert model.final_linear is linears[-1]
     assert all(m.negative_slope == 0.01 for m in model.head if isinstance(m, torch.nn.LeakyReLU))
     with torch.no_grad():
@@ -29,7 +29,9 @@ def test_resnet9_smooth_is_resnet9_without_kinks(tmp_path) -> None:
         assert k == k2
         torch.testing.assert_close(v, v2)
     assert len(kinked_modules(plain)) == 13 and kinked_modules(smooth) == []  # 8 ReLU, 1 LeakyReLU, 3 max pooling, 1 global max pooling
-    assert sum(isinstance(m, torch.nn.GELU) for m in smooth.modules()) == sum(isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)) for m in plain.modules())
+    assert sum(isinstance(m, torch.nn.GELU) for m in smooth.modules()) == sum(
+        isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)) for m in plain.modules()
+    )
     with torch.no_grad():
         out_plain, out_smooth = plain.eval()(torch.rand(2, 3, 32, 32)), smooth.eval()(torch.rand(2, 3, 32, 32))
     assert out_smooth.shape == out_plain.shape == (2, 5) and torch.isfinite(out_smooth).all()

@@ -6,18 +6,30 @@ import numpy as np
 import pytest
 import torch
 
-import inflow.training as training
-from inflow.checkpoints import save_checkpoint
-from inflow.errors import InflowError
-from inflow.factors import extract_factors, write_factors
-from inflow.influence import influence_shard
-from inflow.models import build_model
-from inflow.prepare import prepare_data
-from inflow.selfinfluence import self_influence
+import inflow.train.loop as training
+from inflow.core.errors import InflowError
+from inflow.data.prepare import prepare_data
+from inflow.model.architectures import build_model
+from inflow.model.checkpoints import save_checkpoint
+from inflow.tracin.factors import extract_factors, write_factors
+from inflow.tracin.influence import influence_shard
+from inflow.tracin.self_influence import self_influence
 
-TRAIN = {"epochs": 2, "warmup_epochs": 0, "batch_size": 32, "lr_head": 1e-3, "lr_backbone": 1e-3, "weight_decay": 5e-4,
-         "label_smoothing": 0.1, "class_weights": True, "augment": False, "plateau_factor": 0.5, "plateau_patience": 1,
-         "early_stopping_patience": 5, "checkpoint_epochs": [1, 2]}
+TRAIN = {
+    "epochs": 2,
+    "warmup_epochs": 0,
+    "batch_size": 32,
+    "lr_head": 1e-3,
+    "lr_backbone": 1e-3,
+    "weight_decay": 5e-4,
+    "label_smoothing": 0.1,
+    "class_weights": True,
+    "augment": False,
+    "plateau_factor": 0.5,
+    "plateau_patience": 1,
+    "early_stopping_patience": 5,
+    "checkpoint_epochs": [1, 2],
+}
 MODEL = {"arch": "resnet9", "width": 4, "pretrained_weights": None}
 
 
@@ -36,7 +48,9 @@ def run_train(data, out, **over):
 
 
 def test_diverging_training_stops_naming_the_samples(data, tmp_path) -> None:
-    with pytest.raises(InflowError, match=r"loss is NaN/Inf at epoch \d+ for \d+ sample\(s\) of the batch, sample_id\(s\) \[\d+.*lower train.lr_head"):
+    with pytest.raises(
+        InflowError, match=r"loss is NaN/Inf at epoch \d+ for \d+ sample\(s\) of the batch, sample_id\(s\) \[\d+.*lower train.lr_head"
+    ):
         run_train(data, tmp_path, lr_head=1e30, lr_backbone=1e30)
     assert not (tmp_path / "metrics.parquet").exists()
 
@@ -53,7 +67,7 @@ def test_nan_loss_of_some_samples_lists_exactly_those(data, tmp_path, monkeypatc
         run_train(data, tmp_path)
     msg = str(info.value)
     ids = [int(x) for x in msg.split("sample_id(s) [")[1].split("]")[0].split(", ")]
-    from inflow.io import read_table
+    from inflow.core.io import read_table
 
     manifest = read_table(data[1]).set_index("sample_id")
     assert ids and all(manifest.loc[i, "label"] == 3 and manifest.loc[i, "split"] == "train" for i in ids)
@@ -96,7 +110,10 @@ def nan_factor_files(tmp_path):
 
 def test_nan_factor_file_stops_influence_naming_the_samples(nan_factor_files, tmp_path) -> None:
     out = tmp_path / "shard.npy"
-    with pytest.raises(InflowError, match=r"train.parquet: NaN/Inf factors for 2 sample\(s\), sample_id\(s\) \[107, 131\]; delete the file and rerun the factors rule"):
+    with pytest.raises(
+        InflowError,
+        match=r"train.parquet: NaN/Inf factors for 2 sample\(s\), sample_id\(s\) \[107, 131\]; delete the file and rerun the factors rule",
+    ):
         influence_shard(nan_factor_files["test"], nan_factor_files["train"], "0-0", 1, 1, str(out))
     assert not out.exists()
     # a tile that holds only finite rows still works

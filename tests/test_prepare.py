@@ -7,15 +7,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from inflow.errors import InflowError
-from inflow.io import read_metadata, read_table
-from inflow.prepare import flip_labels, prepare_data, stratified_split
-from inflow.synthetic import CLASS_NAMES, make_dataset
+from inflow.core.errors import InflowError
+from inflow.core.io import read_metadata, read_table
+from inflow.data.prepare import flip_labels, prepare_data, stratified_split
+from inflow.data.synthetic import CLASS_NAMES, make_dataset
 
 
 def synthetic_cfg(**over):
-    cfg = {"source": "synthetic", "image_size": 16, "noise_rate": 0.1, "val_fraction": 0.1,
-           "synthetic": {"n_train": 200, "n_test": 50}, "imagefolder": {"path": None, "test_fraction": 0.2, "extensions": [".jpg", ".png"]}}
+    cfg = {
+        "source": "synthetic",
+        "image_size": 16,
+        "noise_rate": 0.1,
+        "val_fraction": 0.1,
+        "synthetic": {"n_train": 200, "n_test": 50},
+        "imagefolder": {"path": None, "test_fraction": 0.2, "extensions": [".jpg", ".png"]},
+    }
     cfg.update(over)
     return cfg
 
@@ -49,7 +55,9 @@ def test_stratified_split_keeps_class_proportions() -> None:
 
 
 def test_prepare_synthetic_manifest(tmp_path) -> None:
-    prepare_data(synthetic_cfg(), 0, str(tmp_path / "im.npy"), str(tmp_path / "m.parquet"), str(tmp_path / "s.csv"), str(tmp_path / "c.json"))
+    prepare_data(
+        synthetic_cfg(), 0, str(tmp_path / "im.npy"), str(tmp_path / "m.parquet"), str(tmp_path / "s.csv"), str(tmp_path / "c.json")
+    )
     images, m = np.load(tmp_path / "im.npy"), read_table(tmp_path / "m.parquet")
     assert len(images) == len(m) == 250
     assert set(m.columns) >= {"sample_id", "split", "row", "path", "label", "label_name", "true_label", "flipped"}
@@ -63,7 +71,7 @@ def test_prepare_synthetic_manifest(tmp_path) -> None:
 
 def write_folder(root, n_per_class=6):
     rng = np.random.default_rng(0)
-    for c, name in enumerate(["cat", "dog", "horse"]):
+    for _c, name in enumerate(["cat", "dog", "horse"]):
         d = root / name
         d.mkdir(parents=True)
         for i in range(n_per_class):
@@ -77,7 +85,11 @@ def write_folder(root, n_per_class=6):
 
 def test_prepare_imagefolder(tmp_path) -> None:
     write_folder(tmp_path / "data")
-    cfg = synthetic_cfg(source="imagefolder", noise_rate=0.0, imagefolder={"path": str(tmp_path / "data"), "test_fraction": 0.34, "extensions": [".jpg", ".png"]})
+    cfg = synthetic_cfg(
+        source="imagefolder",
+        noise_rate=0.0,
+        imagefolder={"path": str(tmp_path / "data"), "test_fraction": 0.34, "extensions": [".jpg", ".png"]},
+    )
     prepare_data(cfg, 0, str(tmp_path / "im.npy"), str(tmp_path / "m.parquet"), str(tmp_path / "s.csv"), str(tmp_path / "c.json"))
     images, m = np.load(tmp_path / "im.npy"), read_table(tmp_path / "m.parquet")
     skipped = pd.read_csv(tmp_path / "s.csv")

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
-from conftest import REPO
-from inflow import replay as R
-from inflow.io import read_metadata, read_table
-from inflow.losses import per_sample_loss
-from inflow.prepare import prepare_data
-from inflow.replay_data import functional_model, learning_rates, make_schedule, merge_replay, replay_targets, select_targets, train_replay
+from inflow.core.io import read_metadata, read_table
+from inflow.data.prepare import prepare_data
+from inflow.model.losses import per_sample_loss
+from inflow.replay import engine as R
+from inflow.replay.jobs import functional_model, learning_rates, make_schedule, merge_replay, replay_targets, select_targets, train_replay
 
 F64 = torch.float64
 EPS, RTOL = 1e-6, 1e-6
@@ -46,8 +46,17 @@ def mlp(d: int, c: int) -> nn.Module:
 def cnn(c: int) -> nn.Module:
     torch.manual_seed(2)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1, bias=False),
-        nn.BatchNorm2d(4, momentum=None), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.BatchNorm1d(6), nn.Tanh(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Tanh(),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4, momentum=None),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+        nn.BatchNorm1d(6),
+        nn.Tanh(),
         nn.Linear(6, c),
     ).to(F64)
 
@@ -83,10 +92,17 @@ def check_fd(make, loss, opt, x, y, sched, x_t, y_t, objective, samples=(3,)) ->
     return grads
 
 
-@pytest.mark.parametrize(("opt", "lr"), [
-    (R.SGD(), 0.2), (R.SGD(momentum=0.9, weight_decay=1e-3), 0.2), (R.SGD(momentum=0.8, weight_decay=5e-3, nesterov=True), 0.2),
-    (R.AdamW(weight_decay=1e-2), 0.01), (R.AdamW(beta1=0.8, beta2=0.99, eps=1e-6), 0.02),
-], ids=["sgd", "momentum+wd", "nesterov+wd", "adamw", "adamw-betas"])
+@pytest.mark.parametrize(
+    ("opt", "lr"),
+    [
+        (R.SGD(), 0.2),
+        (R.SGD(momentum=0.9, weight_decay=1e-3), 0.2),
+        (R.SGD(momentum=0.8, weight_decay=5e-3, nesterov=True), 0.2),
+        (R.AdamW(weight_decay=1e-2), 0.01),
+        (R.AdamW(beta1=0.8, beta2=0.99, eps=1e-6), 0.02),
+    ],
+    ids=["sgd", "momentum+wd", "nesterov+wd", "adamw", "adamw-betas"],
+)
 def test_metagradient_matches_finite_differences_mlp(opt: R.Optimizer, lr: float) -> None:
     g = torch.Generator().manual_seed(0)
     n, d, c = 40, 5, 3
@@ -108,10 +124,15 @@ def test_metagradient_with_batchnorm_flips_and_margin() -> None:
     check_fd(partial(cnn, c), loss_fn(c), R.SGD(momentum=0.9, weight_decay=5e-4), x, y, sched, x_t, y_t, R.margin, samples=(0, 11))
 
 
-@pytest.mark.parametrize(("opt", "lr", "name"), [
-    (R.SGD(momentum=0.9, weight_decay=5e-4), 0.05, "resnet9"), (R.AdamW(weight_decay=5e-4), 0.003, "resnet9"),
-    (R.AdamW(weight_decay=5e-4), 0.003, "resnet9_smooth"),
-], ids=["sgd", "adamw", "smooth-adamw"])
+@pytest.mark.parametrize(
+    ("opt", "lr", "name"),
+    [
+        (R.SGD(momentum=0.9, weight_decay=5e-4), 0.05, "resnet9"),
+        (R.AdamW(weight_decay=5e-4), 0.003, "resnet9"),
+        (R.AdamW(weight_decay=5e-4), 0.003, "resnet9_smooth"),
+    ],
+    ids=["sgd", "adamw", "smooth-adamw"],
+)
 def test_metagradient_of_the_workflow_resnet9(opt: R.Optimizer, lr: float, name: str) -> None:
     """The workflow's models (ResNet-9 with BatchNorm and max pooling, and its GELU/average-pooling variant; width 2)
     through replay_data.functional_model."""
@@ -129,8 +150,15 @@ def test_metagradient_of_the_workflow_resnet9(opt: R.Optimizer, lr: float, name:
     check_fd(make, loss, opt, x, y, schedule(n, 8, 4, lr, flips=True), x_t, y_t, R.make_objective("loss", loss))
 
 
-@pytest.mark.parametrize("opt", [R.SGD(momentum=0.9, weight_decay=1e-3), R.SGD(momentum=0.9, weight_decay=1e-3, nesterov=True),
-                                 R.AdamW(beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=1e-2)], ids=["sgd", "nesterov", "adamw"])
+@pytest.mark.parametrize(
+    "opt",
+    [
+        R.SGD(momentum=0.9, weight_decay=1e-3),
+        R.SGD(momentum=0.9, weight_decay=1e-3, nesterov=True),
+        R.AdamW(beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=1e-2),
+    ],
+    ids=["sgd", "nesterov", "adamw"],
+)
 def test_replay_training_is_pytorch(opt: R.Optimizer) -> None:
     """Parameters and BatchNorm running statistics follow torch.optim.SGD/AdamW + nn.BatchNorm (float64)."""
     g = torch.Generator().manual_seed(3)
@@ -187,7 +215,16 @@ def test_schedule_and_target_selection() -> None:
     assert torch.equal(torch.cat(sched.batches[:3]).sort().values, torch.arange(10))
     import pandas as pd
 
-    preds = pd.DataFrame({"test_id": [5, 6, 7, 8], "label": [0, 1, 1, 2], "pred": [1, 1, 0, 0], "confidence": [0.5, 0.9, 0.8, 0.8], "loss": 1.0, "margin": 0.0})
+    preds = pd.DataFrame(
+        {
+            "test_id": [5, 6, 7, 8],
+            "label": [0, 1, 1, 2],
+            "pred": [1, 1, 0, 0],
+            "confidence": [0.5, 0.9, 0.8, 0.8],
+            "loss": 1.0,
+            "margin": 0.0,
+        }
+    )
     chosen = select_targets(preds, "mispredicted", 2, 1)
     assert chosen.test_id.tolist() == [7, 8] and chosen.group.tolist() == [0, 1]
     assert select_targets(preds, "test", 3, 2).group.tolist() == [0, 0, 1]
@@ -201,19 +238,48 @@ def data(tmp_path_factory):
     return str(d / "im.npy"), str(d / "m.parquet")
 
 
-REPLAY = {"enabled": True, "optimizer": "sgd", "betas": [0.9, 0.999], "eps": 1e-8, "targets": "test", "max_targets": 3, "group_size": 2, "objective": "loss", "epochs": 2, "batch_size": 16,
-          "lr": 0.05, "lr_schedule": "triangular", "lr_peak_fraction": 0.25, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-          "augment": True, "checkpoint_every": 2, "top_k": 4}
+REPLAY = {
+    "enabled": True,
+    "optimizer": "sgd",
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "targets": "test",
+    "max_targets": 3,
+    "group_size": 2,
+    "objective": "loss",
+    "epochs": 2,
+    "batch_size": 16,
+    "lr": 0.05,
+    "lr_schedule": "triangular",
+    "lr_peak_fraction": 0.25,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "augment": True,
+    "checkpoint_every": 2,
+    "top_k": 4,
+}
 
 
 def test_workflow_functions(data, tmp_path: Path, caplog) -> None:
     """replay_train -> replay_targets per group (one empty) -> replay_merge: tables, sign, exact top-k."""
     torch.set_num_threads(1)
     model = {"arch": "resnet9", "width": 2, "pretrained_weights": None}
-    with caplog.at_level(logging.WARNING, logger="inflow.replay_data"):
-        train_replay(*data, model, {"class_weights": True, "label_smoothing": 0.1}, REPLAY, 0, "cpu",
-                     str(tmp_path / "states.pt"), str(tmp_path / "targets.parquet"), str(tmp_path / "metrics.parquet"))
-    assert "resnet9 has 13 ReLU/max-pooling layers" in caplog.text and "resnet9_smooth" in caplog.text  # a run that may not be smooth is named
+    with caplog.at_level(logging.WARNING, logger="inflow.replay.jobs"):
+        train_replay(
+            *data,
+            model,
+            {"class_weights": True, "label_smoothing": 0.1},
+            REPLAY,
+            0,
+            "cpu",
+            str(tmp_path / "states.pt"),
+            str(tmp_path / "targets.parquet"),
+            str(tmp_path / "metrics.parquet"),
+        )
+    assert (
+        "resnet9 has 13 ReLU/max-pooling layers" in caplog.text and "resnet9_smooth" in caplog.text
+    )  # a run that may not be smooth is named
     targets = read_table(tmp_path / "targets.parquet")
     assert targets.group.tolist() == [0, 0, 1]
     n_train = int((read_table(data[1]).split == "train").sum())
@@ -237,8 +303,22 @@ def test_workflow_functions(data, tmp_path: Path, caplog) -> None:
 def test_dry_run_with_replay_enabled(tmp_path: Path) -> None:
     extra = tmp_path / "replay.yaml"
     extra.write_text("replay: {enabled: true, max_targets: 5, group_size: 2}\n")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(REPO / "tests/configs/tiny.yaml"),
-           str(extra), "--cores", "1", "-n", "results/replay/topk.parquet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "tests/configs/tiny.yaml"),
+        str(extra),
+        "--cores",
+        "1",
+        "-n",
+        "results/replay/topk.parquet",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     counts = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}

@@ -18,19 +18,29 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO, job_counts
 from torch import nn
 
-from conftest import REPO, job_counts
-from inflow import replay as R
-from inflow.errors import InflowError
-from inflow.io import read_metadata, read_table
-from inflow.lds import subset_masks
-from inflow.losses import inverse_frequency_weights, per_sample_loss
-from inflow.models import Classifier
-from inflow.prepare import prepare_data
-from inflow.replay_data import make_schedule, merge_replay, replay_targets, train_replay
-from inflow.replay_lds import first_order_check, method_lds, retrain, summed_attribution, train_subset, write_replay_lds, write_subsets
-from inflow.replay_tracin import all_param_tracin, epoch_ends, epoch_lrs, last_layer_tracin, load_state, per_sample_grads, state_at, tracin_scores, tracin_sum
+from inflow.core.errors import InflowError
+from inflow.core.io import read_metadata, read_table
+from inflow.core.stats import subset_masks
+from inflow.data.prepare import prepare_data
+from inflow.model.architectures import Classifier
+from inflow.model.losses import inverse_frequency_weights, per_sample_loss
+from inflow.replay import engine as R
+from inflow.replay.jobs import make_schedule, merge_replay, replay_targets, train_replay
+from inflow.replay.lds import first_order_check, method_lds, retrain, summed_attribution, train_subset, write_replay_lds, write_subsets
+from inflow.replay.tracin import (
+    all_param_tracin,
+    epoch_ends,
+    epoch_lrs,
+    last_layer_tracin,
+    load_state,
+    per_sample_grads,
+    state_at,
+    tracin_scores,
+    tracin_sum,
+)
 
 F64 = torch.float64
 
@@ -42,7 +52,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def classifier() -> Classifier:
     """A workflow Classifier (so the last-layer factors apply) over 3x2x2 inputs: Flatten-Linear-Tanh, head Linear-Tanh-Linear."""
     torch.manual_seed(0)
-    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh()), nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))).to(F64)
+    return Classifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh()), nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    ).to(F64)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +79,20 @@ def smooth():
     traj = R.train(fm, opt, x, y, sched, checkpoint_every=4)  # 6 steps per epoch: most epoch ends are recomputed
     objective = R.make_objective("loss", loss)
     f, grads = R.metagradients(fm, opt, x, y, sched, traj, x_t, y_t, objective)
-    return {"fm": fm, "opt": opt, "x": x, "y": y, "x_t": x_t, "y_t": y_t, "sched": sched, "traj": traj, "objective": objective, "f": f, "grads": grads,
-            "weights": weights}
+    return {
+        "fm": fm,
+        "opt": opt,
+        "x": x,
+        "y": y,
+        "x_t": x_t,
+        "y_t": y_t,
+        "sched": sched,
+        "traj": traj,
+        "objective": objective,
+        "f": f,
+        "grads": grads,
+        "weights": weights,
+    }
 
 
 def measure(s: dict, masks: np.ndarray) -> np.ndarray:
@@ -96,7 +120,19 @@ def test_replay_lds_is_high_for_small_drops_on_a_smooth_model(smooth) -> None:
     ends = epoch_ends(s["sched"], n)
     states = [state_at(s["fm"], s["opt"], s["x"], s["y"], s["sched"], s["traj"], t) for t in ends]
     for variant in ("last_layer", "all_params"):
-        tracin = tracin_sum(variant, s["fm"], states, epoch_lrs(s["sched"], ends), s["x"], s["y"], s["x_t"], s["y_t"], s["objective"], s["weights"].float(), 0.1)
+        tracin = tracin_sum(
+            variant,
+            s["fm"],
+            states,
+            epoch_lrs(s["sched"], ends),
+            s["x"],
+            s["y"],
+            s["x_t"],
+            s["y_t"],
+            s["objective"],
+            s["weights"].float(),
+            0.1,
+        )
         other = method_lds(summed_attribution(tracin.numpy(), masks), measured, 10, 0)[0]["lds"]
         assert other < replay["lds"] - 0.1, (variant, other, replay["lds"])
 
@@ -156,23 +192,46 @@ def data(tmp_path_factory):
     return str(d / "im.npy"), str(d / "m.parquet")
 
 
-REPLAY = {"enabled": True, "optimizer": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "targets": "test", "max_targets": 3, "group_size": 2, "objective": "loss", "epochs": 2,
-          "batch_size": 16, "lr": 1e-3, "lr_schedule": "constant", "lr_peak_fraction": 0.25, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-          "augment": True, "checkpoint_every": 2, "top_k": 4}
+REPLAY = {
+    "enabled": True,
+    "optimizer": "adamw",
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "targets": "test",
+    "max_targets": 3,
+    "group_size": 2,
+    "objective": "loss",
+    "epochs": 2,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "lr_schedule": "constant",
+    "lr_peak_fraction": 0.25,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "augment": True,
+    "checkpoint_every": 2,
+    "top_k": 4,
+}
 
 
 def test_workflow_functions(data, tmp_path: Path) -> None:
     """replay_train/targets/merge -> subsets, subset models, TracIn -> lds.json, per-target table, picture; signs and reproduction."""
     model = {"arch": "resnet9", "width": 2, "pretrained_weights": None}
     states, targets = str(tmp_path / "states.pt"), str(tmp_path / "targets.parquet")
-    train_replay(*data, model, {"class_weights": True, "label_smoothing": 0.1}, REPLAY, 0, "cpu", states, targets, str(tmp_path / "metrics.parquet"))
+    train_replay(
+        *data, model, {"class_weights": True, "label_smoothing": 0.1}, REPLAY, 0, "cpu", states, targets, str(tmp_path / "metrics.parquet")
+    )
     groups = [str(tmp_path / f"g{g}.parquet") for g in range(2)]
     for g, path in enumerate(groups):
         replay_targets(*data, states, targets, g, "loss", "cpu", path)
     merge_replay(groups, 4, str(tmp_path / "scores.parquet"), str(tmp_path / "topk.parquet"), str(tmp_path / "summary.json"))
     tracin_scores(*data, states, targets, "loss", ["last_layer", "all_params"], "cpu", str(tmp_path / "tracin.parquet"))
     tracin = read_table(tmp_path / "tracin.parquet")
-    assert list(tracin.columns) == ["test_id", "train_id", "last_layer", "all_params"] and np.isfinite(tracin[["last_layer", "all_params"]]).all().all()
+    assert (
+        list(tracin.columns) == ["test_id", "train_id", "last_layer", "all_params"]
+        and np.isfinite(tracin[["last_layer", "all_params"]]).all().all()
+    )
     n = int((read_table(data[1]).split == "train").sum())
     assert read_metadata(tmp_path / "tracin.parquet")["steps"] == [-(-n // 16), 2 * -(-n // 16)]  # the epoch ends
 
@@ -187,8 +246,18 @@ def test_workflow_functions(data, tmp_path: Path) -> None:
     assert list(out.columns) == ["alpha", "model", "test_id", "value", "measured"] and np.allclose(out.measured, -out.value)
     assert out.test_id.tolist() == read_table(targets).test_id.tolist() and read_metadata(outputs[0])["n_kept"] == round(0.5 * n)
 
-    write_replay_lds(str(tmp_path / "scores.parquet"), str(tmp_path / "tracin.parquet"), groups, subsets, outputs, 100, 0,
-                     str(tmp_path / "lds.json"), str(tmp_path / "per_target.parquet"), str(tmp_path / "lds.png"))
+    write_replay_lds(
+        str(tmp_path / "scores.parquet"),
+        str(tmp_path / "tracin.parquet"),
+        groups,
+        subsets,
+        outputs,
+        100,
+        0,
+        str(tmp_path / "lds.json"),
+        str(tmp_path / "per_target.parquet"),
+        str(tmp_path / "lds.png"),
+    )
     result = json.loads((tmp_path / "lds.json").read_text())
     assert result["output"] == "neg_loss" and result["n_targets"] == 3 and [a["alpha"] for a in result["alphas"]] == [0.5, 0.96]
     for entry in result["alphas"]:
@@ -198,7 +267,9 @@ def test_workflow_functions(data, tmp_path: Path) -> None:
     assert result["alphas"][1]["n_dropped"] == n - round(0.96 * n) and "replay_first_order" in result["alphas"][0]
     per_target = read_table(tmp_path / "per_target.parquet")
     assert len(per_target) == 2 * 3 * 3
-    assert per_target.groupby(["alpha", "method"]).spearman.mean().loc[(0.5, "replay")] == pytest.approx(result["alphas"][0]["lds"]["replay"]["lds"])
+    assert per_target.groupby(["alpha", "method"]).spearman.mean().loc[(0.5, "replay")] == pytest.approx(
+        result["alphas"][0]["lds"]["replay"]["lds"]
+    )
     assert (tmp_path / "lds.png").stat().st_size > 0
 
 
@@ -209,26 +280,50 @@ def test_dry_run_plans_one_job_per_subset_model_and_alpha(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump(config))
 
     def jobs(*targets: str) -> dict[str, int]:
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(path), "--cores", "2", "-n", *targets]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(path),
+            "--cores",
+            "2",
+            "-n",
+            *targets,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return job_counts(proc.stdout)
 
     counts = jobs("results/replay/lds.json")
-    assert counts == {"prepare_data": 1, "replay_train": 1, "replay_targets": 2, "replay_merge": 1, "replay_lds_subsets": 2, "replay_lds_train": 6,
-                      "replay_lds_tracin": 1, "replay_lds": 1}, counts
+    assert counts == {
+        "prepare_data": 1,
+        "replay_train": 1,
+        "replay_targets": 2,
+        "replay_merge": 1,
+        "replay_lds_subsets": 2,
+        "replay_lds_train": 6,
+        "replay_lds_tracin": 1,
+        "replay_lds": 1,
+    }, counts
     everything = jobs()  # replay.enabled: part of `snakemake`, beside the main DAG
     assert everything["replay_lds_train"] == 6 and everything["replay_lds"] == 1 and everything["train"] == 1, everything
     assert not (tmp_path / "results").exists()
 
 
 def test_config_checks_replay_lds_sizes() -> None:
-    from inflow.config import semantic_errors
+    from inflow.core.config import semantic_errors
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["dataset"]["synthetic"]["n_train"] = 100  # 90 training images
     config["replay"].update(enabled=True, lds_models=2, lds_alphas=[0.5, 0.999])
     errors = semantic_errors(config)
-    assert any(e.startswith("replay.lds_models=2") for e in errors) and any(e.startswith("replay.lds_alphas: [0.999]") for e in errors), errors
+    assert any(e.startswith("replay.lds_models=2") for e in errors) and any(e.startswith("replay.lds_alphas: [0.999]") for e in errors), (
+        errors
+    )
     config["replay"].update(lds_models=0)
     assert not [e for e in semantic_errors(config) if "lds" in e]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO
-from inflow.io import read_table
+
+from inflow.core.io import read_table
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 REPORT_CONFIG = """\
@@ -48,7 +48,20 @@ pytestmark = pytest.mark.e2e
 def snakemake(workdir: Path, *args: str) -> str:
     """Run the workflow on the tiny config plus the report settings above; return stdout + stderr."""
     configs = [str(TINY), str(workdir / "report_config.yaml")]
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", *configs, "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        *configs,
+        "--cores",
+        "2",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -58,7 +71,9 @@ def snakemake(workdir: Path, *args: str) -> str:
 def selected_pictures(wd: Path) -> list[str]:
     """The per-class and per-test-sample pictures built for the report config above."""
     test_ids = json.loads((wd / "results/report/selection.json").read_text())["test_samples"]
-    return [f"results/report/figures/classes/{c}.png" for c in ("disk", "ring")] + [f"results/report/grids/test_samples/test_{i}.png" for i in test_ids]
+    return [f"results/report/figures/classes/{c}.png" for c in ("disk", "ring")] + [
+        f"results/report/grids/test_samples/test_{i}.png" for i in test_ids
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +119,14 @@ def test_tables_agree_with_the_core_outputs(workdir: Path) -> None:
     cross = pd.read_csv(workdir / "results/report/tables/misprediction_cross_analysis.csv")
     wrong = preds[(preds.split == "test") & (preds.pred != preds.label)]
     assert set(cross.test_id) == set(wrong.index)
-    assert (cross.same_error == (preds.pred_name.reindex(cross.train_id).to_numpy() == preds.pred_name.reindex(cross.test_id).to_numpy())).all()
+    assert (
+        cross.same_error == (preds.pred_name.reindex(cross.train_id).to_numpy() == preds.pred_name.reindex(cross.test_id).to_numpy())
+    ).all()
     summary = pd.read_csv(workdir / "results/report/tables/misprediction_cross_summary.csv").set_index("kind")
-    assert summary.loc["all", "same_error_matches"] == cross.same_error.sum() and summary.loc["all", "unique_train"] == cross.train_id.nunique()
+    assert (
+        summary.loc["all", "same_error_matches"] == cross.same_error.sum()
+        and summary.loc["all", "unique_train"] == cross.train_id.nunique()
+    )
 
     topk = read_table(workdir / "results/influence/topk.parquet")
     influential = pd.read_csv(workdir / "results/report/tables/influential_training.csv")
@@ -124,7 +144,7 @@ def test_report_html_embeds_every_picture(workdir: Path) -> None:
     snakemake(workdir, "--report", "report.html", "review_report")  # the report of everything up to review_report
     html = (workdir / "report.html").read_text()
     embedded: dict[str, list[bytes]] = {}
-    for mime, name, data in re.findall(r"data:([\w/+.-]+);charset=[^;]*;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html):
+    for _mime, name, data in re.findall(r"data:([\w/+.-]+);charset=[^;]*;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html):
         embedded.setdefault(name, []).append(base64.b64decode(data))
     for rel in FIXED_OUTPUTS + selected_pictures(workdir):
         content = (workdir / rel).read_bytes()

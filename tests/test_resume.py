@@ -22,20 +22,36 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import REPO
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 # Only what the comparison needs: keeps the test independent of report/replay rules.
 TARGETS = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/mislabel/ranking.parquet"]
-COMPARED = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/self_influence.parquet",
-            "results/mislabel/ranking.parquet"]
+COMPARED = [
+    "results/influence/topk.parquet",
+    "results/influence/test_summary.parquet",
+    "results/influence/self_influence.parquet",
+    "results/mislabel/ranking.parquet",
+]
 TIMEOUT = 900
 
 
 def command(workdir: Path, *args: str) -> list[str]:
     # Same invocation as tests/test_workflow.py: -s picks up profiles/default (rerun-incomplete) beside the Snakefile.
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(TINY), "--cores", "2", *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        "--cores",
+        "2",
+        *args,
+    ]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -149,8 +165,11 @@ def test_killed_runs_resume_to_identical_results(reference, tmp_path) -> None:
     done_shards = [p for p in (wd / "results/influence/shards").rglob("*.npy") if not p.name.startswith(".")]
     assert 1 <= len(done_shards) < 8
     check_no_partial_files(wd)
-    finished = {p: p.stat().st_mtime_ns for p in [*(wd / "results/train").rglob("*"), *(wd / "results/factors").rglob("*")]
-                if p.is_file() and not p.name.startswith(".")}
+    finished = {
+        p: p.stat().st_mtime_ns
+        for p in [*(wd / "results/train").rglob("*"), *(wd / "results/factors").rglob("*")]
+        if p.is_file() and not p.name.startswith(".")
+    }
 
     # 3. Resume to the end: only the unfinished jobs run, and the results equal the uninterrupted run's.
     snakemake(wd, "--unlock")

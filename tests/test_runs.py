@@ -6,29 +6,47 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inflow.errors import InflowError
-from inflow.runs import Run, accuracy_table, jaccard, majority, mislabel_candidates, persistent_errors, recurrence, top_influential
+from inflow.core.errors import InflowError
+from inflow.runs.comparison import (
+    Run,
+    accuracy_table,
+    jaccard,
+    majority,
+    mislabel_candidates,
+    persistent_errors,
+    recurrence,
+    top_influential,
+)
 
 CLASSES = ["cat", "dog", "fox"]
 # samples 0-3 train (sample 3's label flipped from fox to cat), 10-13 test
-MANIFEST = pd.DataFrame({
-    "sample_id": [0, 1, 2, 3, 10, 11, 12, 13],
-    "split": ["train"] * 4 + ["test"] * 4,
-    "row": range(8),
-    "label": [0, 1, 2, 0, 0, 1, 2, 2],
-    "label_name": ["cat", "dog", "fox", "cat", "cat", "dog", "fox", "fox"],
-    "true_label_name": ["cat", "dog", "fox", "fox", "cat", "dog", "fox", "fox"],
-    "flipped": [False, False, False, True, False, False, False, False],
-})
+MANIFEST = pd.DataFrame(
+    {
+        "sample_id": [0, 1, 2, 3, 10, 11, 12, 13],
+        "split": ["train"] * 4 + ["test"] * 4,
+        "row": range(8),
+        "label": [0, 1, 2, 0, 0, 1, 2, 2],
+        "label_name": ["cat", "dog", "fox", "cat", "cat", "dog", "fox", "fox"],
+        "true_label_name": ["cat", "dog", "fox", "fox", "cat", "dog", "fox", "fox"],
+        "flipped": [False, False, False, True, False, False, False, False],
+    }
+)
 
 
 def predictions(test_preds: list[int], confidence: list[float]) -> pd.DataFrame:
     """Train samples predicted as labelled; test samples as given."""
     pred = [0, 1, 2, 0, *test_preds]
-    return pd.DataFrame({
-        "sample_id": MANIFEST.sample_id, "split": MANIFEST.split, "label": MANIFEST.label, "pred": pred,
-        "pred_name": [CLASSES[p] for p in pred], "confidence": [0.9] * 4 + confidence, "loss": [0.1] * 4 + [0.5, 1.0, 1.5, 2.0],
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": MANIFEST.sample_id,
+            "split": MANIFEST.split,
+            "label": MANIFEST.label,
+            "pred": pred,
+            "pred_name": [CLASSES[p] for p in pred],
+            "confidence": [0.9] * 4 + confidence,
+            "loss": [0.1] * 4 + [0.5, 1.0, 1.5, 2.0],
+        }
+    )
 
 
 def topk(pairs: list[tuple[int, str, int, float]]) -> pd.DataFrame:
@@ -42,12 +60,22 @@ def ranking(order: list[int]) -> pd.DataFrame:
     return pd.DataFrame({"rank": np.arange(1, len(order) + 1), "sample_id": order})
 
 
-RUN_A = Run("seed_0", 0, predictions([0, 2, 1, 2], [0.9, 0.8, 0.7, 0.6]),  # wrong: 11 (as fox), 12 (as dog)
-            topk([(10, "proponent", 0, 3.0), (11, "proponent", 0, 2.0), (11, "opponent", 3, -1.5), (12, "proponent", 1, 1.0)]),
-            ranking([3, 1, 0, 2]), {"ranking": {"recall_at_10pct": 1.0, "auroc": 0.9}})
-RUN_B = Run("seed_1", 1, predictions([1, 2, 0, 2], [0.5, 0.6, 0.9, 0.8]),  # wrong: 10 (as dog), 11 (as fox), 12 (as cat)
-            topk([(10, "proponent", 2, 3.0), (11, "proponent", 0, 2.0), (12, "opponent", 3, -4.0), (12, "proponent", 2, 1.0)]),
-            ranking([3, 2, 0, 1]), {"ranking": {"recall_at_10pct": 0.5, "auroc": 0.8}})
+RUN_A = Run(
+    "seed_0",
+    0,
+    predictions([0, 2, 1, 2], [0.9, 0.8, 0.7, 0.6]),  # wrong: 11 (as fox), 12 (as dog)
+    topk([(10, "proponent", 0, 3.0), (11, "proponent", 0, 2.0), (11, "opponent", 3, -1.5), (12, "proponent", 1, 1.0)]),
+    ranking([3, 1, 0, 2]),
+    {"ranking": {"recall_at_10pct": 1.0, "auroc": 0.9}},
+)
+RUN_B = Run(
+    "seed_1",
+    1,
+    predictions([1, 2, 0, 2], [0.5, 0.6, 0.9, 0.8]),  # wrong: 10 (as dog), 11 (as fox), 12 (as cat)
+    topk([(10, "proponent", 2, 3.0), (11, "proponent", 0, 2.0), (12, "opponent", 3, -4.0), (12, "proponent", 2, 1.0)]),
+    ranking([3, 2, 0, 1]),
+    {"ranking": {"recall_at_10pct": 0.5, "auroc": 0.8}},
+)
 
 
 def test_majority_is_more_than_half() -> None:

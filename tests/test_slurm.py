@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO
-from inflow.io import read_table
+
+from inflow.core.io import read_table
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "tests" / "slurm" / "profile"
@@ -77,9 +77,13 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_
     rules_seen = {rule for _, _, rule in submitted}
     assert HEAVY_RULES <= rules_seen, f"rules not submitted to SLURM: {HEAVY_RULES - rules_seen}\n{out[-3000:]}"
     remote_jobs = len(re.findall(r"^rule \w+:", out, flags=re.MULTILINE))  # localrules print as "localrule x:"
-    assert len({job_id for job_id, _, _ in submitted}) == len(submitted) == remote_jobs, f"{len(submitted)} sbatch job ids for {remote_jobs} jobs"
+    assert len({job_id for job_id, _, _ in submitted}) == len(submitted) == remote_jobs, (
+        f"{len(submitted)} sbatch job ids for {remote_jobs} jobs"
+    )
     assert all(Path(log).is_file() for _, log, _ in submitted)
-    assert not {"accumulate_topk", "mislabel", "self_influence", "review", "clean_comparison", "dashboard"} & rules_seen  # localrules stayed local
+    assert (
+        not {"accumulate_topk", "mislabel", "self_influence", "review", "clean_comparison", "dashboard"} & rules_seen
+    )  # localrules stayed local
 
     # the same results as a local run with the same thread counts
     run_snakemake(tmp_path / "local", "--cores", "2", "--max-threads", "1")

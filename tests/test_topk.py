@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-
 from conftest import dense_tracin
-from inflow.influence import influence_shard, tile_bounds
-from inflow.io import read_table
-from inflow.selfinfluence import self_influence
-from inflow.topk import accumulate_topk, merge_topk, row_topk, tile_topk
+
+from inflow.core.io import read_table
+from inflow.tracin.influence import influence_shard, tile_bounds
+from inflow.tracin.self_influence import self_influence
+from inflow.tracin.topk import accumulate_topk, merge_topk, row_topk, tile_topk
 
 
 def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb=1024):
@@ -26,7 +25,9 @@ def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb=10
                 shards.append(str(shard))
             tiles[(q, r)] = str(tmp_path / f"tile_{tile}.npz")
             tile_topk(shards, paths[(max(lrs), "train")], tile, n_train_tiles, k, tiles[(q, r)], memory_mb)
-    accumulate_topk(tiles, paths[(max(lrs), "test")], n_test_tiles, n_train_tiles, k, str(tmp_path / "topk.parquet"), str(tmp_path / "summary.parquet"))
+    accumulate_topk(
+        tiles, paths[(max(lrs), "test")], n_test_tiles, n_train_tiles, k, str(tmp_path / "topk.parquet"), str(tmp_path / "summary.parquet")
+    )
     return read_table(tmp_path / "topk.parquet"), read_table(tmp_path / "summary.parquet")
 
 

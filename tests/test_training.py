@@ -7,16 +7,28 @@ import json
 import pytest
 import torch
 
-from inflow.checkpoints import load_checkpoint, read_sidecar
-from inflow.errors import InflowError
-from inflow.io import read_table, write_json
-from inflow.prepare import prepare_data
-from inflow.training import train
+from inflow.core.errors import InflowError
+from inflow.core.io import read_table, write_json
+from inflow.data.prepare import prepare_data
+from inflow.model.checkpoints import load_checkpoint, read_sidecar
+from inflow.train.loop import train
 
 MODEL = {"arch": "resnet9", "width": 4, "pretrained_weights": None}
-TRAIN = {"epochs": 3, "warmup_epochs": 1, "batch_size": 32, "lr_head": 1e-3, "lr_backbone": 5e-4, "weight_decay": 5e-4,
-         "label_smoothing": 0.1, "class_weights": True, "augment": True, "plateau_factor": 0.5, "plateau_patience": 1,
-         "early_stopping_patience": 5, "checkpoint_epochs": [1, 3]}
+TRAIN = {
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "batch_size": 32,
+    "lr_head": 1e-3,
+    "lr_backbone": 5e-4,
+    "weight_decay": 5e-4,
+    "label_smoothing": 0.1,
+    "class_weights": True,
+    "augment": True,
+    "plateau_factor": 0.5,
+    "plateau_patience": 1,
+    "early_stopping_patience": 5,
+    "checkpoint_epochs": [1, 3],
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +75,7 @@ def test_sidecar_without_learning_rate_is_rejected(tmp_path) -> None:
 
 def test_train_on_subset_keeps_only_the_models_asked_for(data, tmp_path) -> None:
     """LDS subset models keep the last-epoch model, cleanlab folds the best one; the other leaves nothing behind."""
-    from inflow.lds import train_on_subset
+    from inflow.train.subset import train_on_subset
 
     manifest = read_table(data[1])
     train_ids = manifest.loc[manifest.split == "train", "sample_id"].to_numpy()
@@ -71,7 +83,17 @@ def test_train_on_subset_keeps_only_the_models_asked_for(data, tmp_path) -> None
     cfg = {**TRAIN, "epochs": 2, "warmup_epochs": 0}
     final = tmp_path / "final"
     final.mkdir()
-    train_on_subset(*data, keep, MODEL, cfg, 0, "cpu", str(final / "m.parquet"), str(final / "metrics.parquet"), final_out=(str(final / "f.pt"), str(final / "f.json")))
+    train_on_subset(
+        *data,
+        keep,
+        MODEL,
+        cfg,
+        0,
+        "cpu",
+        str(final / "m.parquet"),
+        str(final / "metrics.parquet"),
+        final_out=(str(final / "f.pt"), str(final / "f.json")),
+    )
     assert sorted(p.name for p in final.iterdir()) == ["f.json", "f.pt", "m.parquet", "metrics.parquet"]
     sub = read_table(final / "m.parquet")
     assert set(sub.loc[sub.split == "train", "sample_id"]) == set(keep)
@@ -82,4 +104,7 @@ def test_train_on_subset_keeps_only_the_models_asked_for(data, tmp_path) -> None
     train_on_subset(*data, keep, MODEL, cfg, 0, "cpu", str(best / "m.parquet"), str(best / "metrics.parquet"), best_out=str(best / "b.pt"))
     assert sorted(p.name for p in best.iterdir()) == ["b.pt", "m.parquet", "metrics.parquet"]
     for path in (final / "f.pt", best / "b.pt"):
-        assert load_checkpoint(str(path), torch.device("cpu"), num_classes=int(manifest.label.max()) + 1).final_linear.out_features == int(manifest.label.max()) + 1
+        assert (
+            load_checkpoint(str(path), torch.device("cpu"), num_classes=int(manifest.label.max()) + 1).final_linear.out_features
+            == int(manifest.label.max()) + 1
+        )

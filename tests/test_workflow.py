@@ -6,24 +6,37 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, job_counts
-from inflow.factors import read_factors
-from inflow.io import read_table
+
+from inflow.core.io import read_table
+from inflow.tracin.factors import read_factors
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 CKPTS = (2, 3)
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, configfile: Path = TINY) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(configfile), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "2",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -43,7 +56,16 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_dry_run_shows_the_dag(tmp_path) -> None:
     out = snakemake(tmp_path, "-n").stdout
-    for rule, count in [("prepare_data", 1), ("train", 1), ("factors", 4), ("influence_shard", 8), ("tile_topk", 4), ("accumulate_topk", 1), ("self_influence", 1), ("mislabel", 1)]:
+    for rule, count in [
+        ("prepare_data", 1),
+        ("train", 1),
+        ("factors", 4),
+        ("influence_shard", 8),
+        ("tile_topk", 4),
+        ("accumulate_topk", 1),
+        ("self_influence", 1),
+        ("mislabel", 1),
+    ]:
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not in dry run:\n{out}"
     assert not (tmp_path / "results").exists()
 
@@ -54,9 +76,17 @@ def test_lint_is_clean() -> None:
 
 
 def test_outputs_exist_and_intermediates_are_removed(workdir: Path) -> None:
-    for rel in ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/self_influence.parquet",
-                "results/mislabel/ranking.parquet", "results/mislabel/mislabel_metrics.json", "results/predictions/false_predictions.csv",
-                "results/train/metrics.parquet", "logs/train.log", "benchmarks/train.tsv"]:
+    for rel in [
+        "results/influence/topk.parquet",
+        "results/influence/test_summary.parquet",
+        "results/influence/self_influence.parquet",
+        "results/mislabel/ranking.parquet",
+        "results/mislabel/mislabel_metrics.json",
+        "results/predictions/false_predictions.csv",
+        "results/train/metrics.parquet",
+        "logs/train.log",
+        "benchmarks/train.tsv",
+    ]:
         assert (workdir / rel).stat().st_size > 0, rel
     assert not list((workdir / "results/influence").glob("shards/*/*.npy"))  # temp() shards are gone
     side = json.loads((workdir / "results/train/checkpoints/epoch_2.json").read_text())
@@ -69,7 +99,9 @@ def test_workflow_topk_is_exact(workdir: Path) -> None:
     for c in CKPTS:
         q_ids, a_q, e_q, meta = read_factors(str(workdir / f"results/factors/epoch_{c}/test.parquet"))
         r_ids, a_r, e_r, _ = read_factors(str(workdir / f"results/factors/epoch_{c}/train.parquet"))
-        dense = dense + meta["tracin_lr"] * (a_q.astype(np.float64) @ a_r.T.astype(np.float64)) * (e_q.astype(np.float64) @ e_r.T.astype(np.float64))
+        dense = dense + meta["tracin_lr"] * (a_q.astype(np.float64) @ a_r.T.astype(np.float64)) * (
+            e_q.astype(np.float64) @ e_r.T.astype(np.float64)
+        )
     topk = read_table(workdir / "results/influence/topk.parquet")
     k = int(topk["rank"].max())
     assert k == 5
@@ -183,17 +215,24 @@ def test_two_seeds_train_one_more_run_and_compare(workdir: Path, tmp_path: Path)
     out = run / "results/runs/comparison"
     accuracy = pd.read_csv(out / "accuracy.csv")
     assert accuracy.run.tolist() == ["seed_0", "seed_1"] and accuracy.main.tolist() == [True, False]
-    preds = {name: read_table(run / root / "predictions/predictions.parquet") for name, root in (("seed_0", "results"), ("seed_1", "results/runs/seed_1"))}
+    preds = {
+        name: read_table(run / root / "predictions/predictions.parquet")
+        for name, root in (("seed_0", "results"), ("seed_1", "results/runs/seed_1"))
+    }
     tests = {name: p[p.split == "test"].set_index("sample_id") for name, p in preds.items()}
     for row in accuracy.itertuples():
         assert row.test_accuracy == pytest.approx((tests[row.run].pred == tests[row.run].label).mean())
     assert not np.allclose(tests["seed_0"].confidence, tests["seed_1"].confidence)  # another seed, another model
-    wrong_in_both = sorted(set(tests["seed_0"].index[tests["seed_0"].pred != tests["seed_0"].label])
-                           & set(tests["seed_1"].index[tests["seed_1"].pred != tests["seed_1"].label]))
+    wrong_in_both = sorted(
+        set(tests["seed_0"].index[tests["seed_0"].pred != tests["seed_0"].label])
+        & set(tests["seed_1"].index[tests["seed_1"].pred != tests["seed_1"].label])
+    )
     assert sorted(pd.read_csv(out / "persistent_errors.csv").test_id) == wrong_in_both
     n_candidates = round(0.1 * int((preds["seed_0"].split == "train").sum()))
-    tops = [set(read_table(run / root / "mislabel/ranking.parquet").sort_values("rank").sample_id[:n_candidates])
-            for root in ("results", "results/runs/seed_1")]
+    tops = [
+        set(read_table(run / root / "mislabel/ranking.parquet").sort_values("rank").sample_id[:n_candidates])
+        for root in ("results", "results/runs/seed_1")
+    ]
     recurring = pd.read_csv(out / "recurring_mislabel.csv")
     assert set(recurring.sample_id[recurring.in_most_runs]) == tops[0] & tops[1]
     assert set(recurring.sample_id) == tops[0] | tops[1]

@@ -1,6 +1,6 @@
-from inflow.influence import parse_tile
-from inflow.smk import run
-from inflow.topk import accumulate_topk
+from inflow.core.smk import run
+from inflow.tracin.influence import parse_tile
+from inflow.tracin.topk import accumulate_topk
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.analysis import write_class_matrix
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.report.tables import write_class_matrix
 
 run(
     snakemake,

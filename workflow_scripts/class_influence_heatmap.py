@@ -1,4 +1,4 @@
-from inflow.plots import write_class_heatmap
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.report.plots import write_class_heatmap
 
 run(snakemake, write_class_heatmap, manifest_path=snakemake.input.manifest, matrix_path=snakemake.input.matrix, out=snakemake.output[0])

@@ -1,5 +1,5 @@
-from inflow.cleaning import compare_cleaning
-from inflow.smk import run
+from inflow.cleaning.review import compare_cleaning
+from inflow.core.smk import run
 
 run(
     snakemake,

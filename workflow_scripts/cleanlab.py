@@ -1,5 +1,5 @@
-from inflow.crossval import cleanlab_issues
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.validation.cleanlab_baseline import cleanlab_issues
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.plots import write_dashboard
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.report.plots import write_dashboard
 
 run(
     snakemake,

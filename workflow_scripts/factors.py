@@ -1,5 +1,5 @@
-from inflow.factors import extract_factors
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.tracin.factors import extract_factors
 
 run(
     snakemake,

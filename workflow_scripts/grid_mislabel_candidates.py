@@ -1,5 +1,5 @@
-from inflow.grids import write_mislabel_grid
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.report.grids import write_mislabel_grid
 
 run(
     snakemake,

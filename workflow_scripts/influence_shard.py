@@ -1,5 +1,5 @@
-from inflow.influence import influence_shard
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.tracin.influence import influence_shard
 
 run(
     snakemake,

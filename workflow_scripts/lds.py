@@ -1,5 +1,5 @@
-from inflow.lds import write_lds
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.validation.lds import write_lds
 
 run(
     snakemake,

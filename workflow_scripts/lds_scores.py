@@ -1,5 +1,5 @@
-from inflow.lds import subset_scores
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.validation.lds import subset_scores
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.lds import train_subset_model
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.validation.lds import train_subset_model
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.methods import compare_methods
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.validation.comparison import compare_methods
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.mislabel import rank_mislabels
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.mislabel.ranking import rank_mislabels
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.predict import predict
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.train.predict import predict
 
 run(
     snakemake,

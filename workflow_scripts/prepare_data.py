@@ -1,5 +1,5 @@
-from inflow.prepare import prepare_data
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.data.prepare import prepare_data
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.replay_lds import write_replay_lds
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.replay.lds import write_replay_lds
 
 run(
     snakemake,

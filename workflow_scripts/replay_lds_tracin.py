@@ -1,5 +1,5 @@
-from inflow.replay_tracin import tracin_scores
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.replay.tracin import tracin_scores
 
 run(
     snakemake,

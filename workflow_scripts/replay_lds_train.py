@@ -1,5 +1,5 @@
-from inflow.replay_lds import train_subset
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.replay.lds import train_subset
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.replay_data import merge_replay
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.replay.jobs import merge_replay
 
 run(
     snakemake,

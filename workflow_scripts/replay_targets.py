@@ -1,5 +1,5 @@
-from inflow.replay_data import replay_targets
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.replay.jobs import replay_targets
 
 run(
     snakemake,

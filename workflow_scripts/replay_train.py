@@ -1,5 +1,5 @@
-from inflow.replay_data import train_replay
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.replay.jobs import train_replay
 
 run(
     snakemake,

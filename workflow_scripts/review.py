@@ -1,5 +1,5 @@
-from inflow.cleaning import write_review
-from inflow.smk import run
+from inflow.cleaning.review import write_review
+from inflow.core.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.runs import compare_runs
-from inflow.smk import run
+from inflow.core.smk import run
+from inflow.runs.comparison import compare_runs
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.smk import run
-from inflow.topk import tile_topk
+from inflow.core.smk import run
+from inflow.tracin.topk import tile_topk
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.smk import run
-from inflow.training import train
+from inflow.core.smk import run
+from inflow.train.loop import train
 
 run(
     snakemake,

@@ -1,0 +1,1 @@
+"""Stage 1, data: the built-in synthetic set, image folders, the manifest and its splits."""

@@ -1,0 +1,1 @@
+"""Models shared by every stage: architectures, the per-sample loss, checkpoint files."""

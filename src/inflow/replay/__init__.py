@@ -1,0 +1,1 @@
+"""Exact attribution by replay (MAGIC): functional training, metagradients, replay LDS."""

@@ -1,0 +1,1 @@
+"""Stage 6, report: tables, dashboards and image grids drawn from the results."""

@@ -1,0 +1,494 @@
+"""Rule ``factors``: per-sample gradient factors of the hooked final Linear layer.
+
+For a Linear layer ``z = W a + b`` and a per-sample loss ``L(z)``, the gradient of ``L``
+with respect to ``W`` is the outer product ``e a^T`` with ``e = dL/dz``; with respect to ``b``
+it is ``e``. Appending a constant 1 to ``a`` makes ``e [a; 1]^T`` the gradient of ``[W b]``.
+So the dot product of two samples' full layer gradients is ``<a, a'> <e, e'>`` (the ghost
+dot-product), and storing ``a`` (d_in [+1]) and ``e`` (d_out) per sample is enough.
+
+The loss is the training loss (class weights, label smoothing) of the one sample, not divided
+by the batch size.
+
+``factors.method`` picks what is stored; every method writes one or more *blocks* ``(a_l, e_l)``
+per sample, and TracIn is ``sum_l <a_l, a_l'> <e_l, e_l'>`` (:func:`inflow.tracin.influence.ghost_sum`):
+
+* ``last_layer``: one block, the head's final Linear (the default).
+* ``head_layers``: one block per Linear layer of the head, the final one first. Each layer's
+  gradient is ``e_l a_l^T`` with ``a_l`` its input and ``e_l`` the gradient of the loss with
+  respect to its output, so the blocks together are the gradient of every head weight and bias.
+* ``projection``: one block, ``a`` = the per-sample gradient of every model parameter projected
+  to ``factors.projection_dim`` dimensions (:mod:`inflow.tracin.projection`) and ``e = [1]``, so the
+  ghost product is the plain dot product of the projections.
+
+A file holds block 0 in columns ``a`` and ``e`` and block ``l >= 1`` in ``a_l`` and ``e_l``; its
+metadata records the method (files without one are ``last_layer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from inflow.core.errors import InflowError
+from inflow.core.io import atomic_path
+from inflow.core.progress import track
+from inflow.data.manifest import Split, load_manifest, load_split
+from inflow.model.architectures import Classifier, resolve_device
+from inflow.model.checkpoints import load_checkpoint, model_fingerprint, read_sidecar
+from inflow.model.losses import inverse_frequency_weights, per_sample_loss
+
+log = logging.getLogger(__name__)
+
+Block = tuple[np.ndarray, np.ndarray]  # (a (n, d_a), e (n, d_out)) of one layer
+METHODS = ("last_layer", "head_layers", "projection")
+DEFAULT_METHOD = "last_layer"
+
+
+def objective_factors(
+    model: Classifier, x: Tensor, y: Tensor, objective: Callable[[Tensor, Tensor], Tensor], include_bias: bool
+) -> tuple[Tensor, Tensor]:
+    """Factors of one batch for ``model.final_linear`` and any per-sample objective of the logits.
+
+    Args:
+        x: images ``(n, 3, h, w)``; y: labels ``(n,)``; objective: ``f(logits (n, C), y) -> (n,)``.
+
+    Returns:
+        ``a``: layer inputs ``(n, d_in)``, or ``(n, d_in + 1)`` with a trailing 1 if
+        ``include_bias``; ``e``: ``df_i/dz_i`` ``(n, d_out)`` (computed in the model's dtype).
+        Both float32, detached.
+    """
+    captured: list[Tensor] = []
+    handle = model.final_linear.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    z = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (e,) = torch.autograd.grad(objective(z, y).sum(), z)  # rows are independent, so grad row i = df_i/dz_i
+    a = captured[0].float()
+    if include_bias:
+        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
+    return a, e.float()
+
+
+def layer_factors(
+    model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool
+) -> tuple[Tensor, Tensor]:
+    """:func:`objective_factors` of the per-sample training loss (class weights, label smoothing), in float32: ``e = dL_i/dz_i``."""
+    return objective_factors(model, x, y, lambda z, t: per_sample_loss(z.float(), t, class_weights, smoothing), include_bias)
+
+
+def head_layer_factors(
+    model: Classifier, x: Tensor, y: Tensor, class_weights: Tensor | None, smoothing: float, include_bias: bool
+) -> list[tuple[Tensor, Tensor]]:
+    """Factors of one batch for every Linear layer of ``model.head``, the final layer first.
+
+    Args:
+        x: images ``(n, 3, h, w)``; y: labels ``(n,)``.
+
+    Returns:
+        One ``(a_l (n, d_in_l [+1]), e_l (n, d_out_l))`` per Linear layer: ``a_l`` its input (with a
+        trailing 1 if ``include_bias``), ``e_l = dL_i/dz_l`` for its output ``z_l``. Float32, detached.
+    """
+    with torch.no_grad():
+        h = model.features(x)
+    inputs, outputs = [], []
+    with torch.enable_grad():
+        h = h.detach()
+        for module in model.head:
+            if isinstance(module, torch.nn.Linear):
+                inputs.append(h.detach().float())
+                h = module(h)
+                outputs.append(h)
+            else:
+                h = module(h)
+        loss = per_sample_loss(h, y, class_weights, smoothing).sum()  # rows are independent: grad row i = dL_i/dz_i
+        grads = torch.autograd.grad(loss, outputs)
+    blocks = []
+    for a, e in zip(reversed(inputs), reversed(grads)):
+        if include_bias:
+            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
+        blocks.append((a, e.detach().float()))
+    return blocks
+
+
+def head_layer_names(model: Classifier) -> list[str]:
+    """Names of the head's Linear layers in block order (final first), e.g. ``["head.2", "head.0"]``."""
+    return [f"head.{i}" for i, m in reversed(list(enumerate(model.head))) if isinstance(m, torch.nn.Linear)]
+
+
+BatchFactors = Callable[[Tensor, Tensor], list[tuple[Tensor, Tensor]]]
+
+
+def method_batch_factors(
+    model: Classifier,
+    method: dict[str, Any],
+    class_weights: Tensor | None,
+    smoothing: float,
+    include_bias: bool,
+    group_lrs: dict[str, float],
+    tracin_lr: float,
+) -> BatchFactors:
+    """The function ``(x, y) -> blocks`` that computes one batch's factors for ``method``.
+
+    ``method`` is ``{"method": name}`` plus ``projection_dim`` and ``projection_seed`` for
+    ``projection``; ``group_lrs`` and ``tracin_lr`` (from the sidecar) weight the projection's
+    parameter groups.
+    """
+    name = method["method"]
+    if name == "last_layer":
+        return lambda x, y: [layer_factors(model, x, y, class_weights, smoothing, include_bias)]
+    if name == "head_layers":
+        return lambda x, y: head_layer_factors(model, x, y, class_weights, smoothing, include_bias)
+    if name == "projection":
+        from inflow.tracin.projection import group_scales, model_projector, projected_gradients
+
+        projector = model_projector(model, method["projection_dim"], method["projection_seed"])
+        scales = group_scales(list(projector.shapes), group_lrs, tracin_lr)
+
+        def projected(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+            p = projected_gradients(model, x, y, class_weights, smoothing, projector, scales)
+            return [(p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device))]
+
+        return projected
+    raise InflowError(f"factors.method={name!r}: use one of {', '.join(METHODS)}")
+
+
+def compute_factors(batch_factors: BatchFactors, data: Split, batch_size: int, device: torch.device) -> list[Block]:
+    """Factors for a whole split: one ``(a (n, d_a), e (n, d_out))`` float32 NumPy pair per block."""
+    parts: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    batches = range(0, len(data), batch_size)
+    for start in track(batches, len(batches), "factors", log, unit="batch"):
+        x, y = data.batch(slice(start, start + batch_size), device)
+        parts.append([(a.cpu().numpy(), e.cpu().numpy()) for a, e in batch_factors(x, y)])
+    return [(np.concatenate([p[b][0] for p in parts]), np.concatenate([p[b][1] for p in parts])) for b in range(len(parts[0]))]
+
+
+def block_columns(n_blocks: int) -> list[tuple[str, str]]:
+    """Column names of each block: ``("a", "e")``, then ``("a_1", "e_1")``, ..."""
+    return [("a", "e")] + [(f"a_{b}", f"e_{b}") for b in range(1, n_blocks)]
+
+
+def _fixed_list(x: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, dtype=np.float32).ravel()), x.shape[1])
+
+
+def write_factor_blocks(path: str, sample_ids: np.ndarray, blocks: list[Block], metadata: dict[str, Any]) -> None:
+    """Write factors as Parquet: ``sample_id`` int64 and every block's ``a``, ``e`` as float32 fixed-size lists."""
+    columns: dict[str, Any] = {"sample_id": pa.array(sample_ids, type=pa.int64())}
+    for (a_name, e_name), (a, e) in zip(block_columns(len(blocks)), blocks):
+        columns[a_name], columns[e_name] = _fixed_list(a), _fixed_list(e)
+    table = pa.table(columns).replace_schema_metadata({b"inflow": json.dumps(metadata).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+
+
+def write_factors(path: str, sample_ids: np.ndarray, a: np.ndarray, e: np.ndarray, metadata: dict[str, Any]) -> None:
+    """Write a one-block factor file: ``sample_id`` int64, ``a`` and ``e`` as float32 fixed-size lists."""
+    write_factor_blocks(path, sample_ids, [(a, e)], metadata)
+
+
+ROW_GROUP_SIZE = 8192  # rows per Parquet row group: the granularity of partial reads
+
+
+def _fixed_list_to_numpy(column: pa.ChunkedArray, path: str, name: str) -> np.ndarray:
+    arr = column.combine_chunks()
+    if not pa.types.is_fixed_size_list(arr.type) or not pa.types.is_float32(arr.type.value_type):
+        raise InflowError(f"{path}: column {name!r} is {arr.type}, expected fixed_size_list<float32>; regenerate the factors")
+    width = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=True).reshape(len(arr), width)  # flatten() honours slice offsets
+
+
+def _open_factor_file(path: str) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise InflowError(f"{path}: factor file not found; rerun the factors rule") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InflowError(f"{path}: not a readable factor Parquet file ({exc}); delete it and rerun") from None
+    missing = {"sample_id", "a", "e"} - set(pf.schema_arrow.names)
+    if missing:
+        raise InflowError(f"{path}: factor file lacks column(s) {', '.join(sorted(missing))}; regenerate it")
+    return pf
+
+
+def _count_blocks(path: str, names: list[str]) -> int:
+    """Blocks in a file with columns ``names``: ``a``/``e``, then ``a_1``/``e_1``, ... while present."""
+    n = 1
+    while f"a_{n}" in names or f"e_{n}" in names:
+        if not {f"a_{n}", f"e_{n}"} <= set(names):
+            raise InflowError(f"{path}: factor file has only one of a_{n}, e_{n}; regenerate it")
+        n += 1
+    return n
+
+
+def count_factor_blocks(path: str) -> int:
+    """Number of ``(a, e)`` blocks in a factor file, from its footer alone."""
+    return _count_blocks(path, _open_factor_file(path).schema_arrow.names)
+
+
+def count_factor_rows(path: str) -> int:
+    """Number of samples in a factor file, from its footer alone."""
+    return _open_factor_file(path).metadata.num_rows
+
+
+def read_factor_ids(path: str) -> np.ndarray:
+    """The ``sample_id`` column of a factor file, ``(n,)`` int64, without reading the factors."""
+    return _open_factor_file(path).read(columns=["sample_id"]).column("sample_id").to_numpy()
+
+
+def read_factor_meta(path: str) -> dict[str, Any]:
+    """The metadata dict of a factor file (epoch, tracin_lr, split, ...), from its footer alone."""
+    raw = (_open_factor_file(path).schema_arrow.metadata or {}).get(b"inflow", b"{}")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise InflowError(f"{path}: factor file metadata is not a JSON object; delete it and rerun the factors rule")
+    return meta
+
+
+def factor_method(meta: dict[str, Any]) -> str:
+    """The method recorded in a factor file's metadata; files without one are last-layer factors."""
+    return str(meta.get("method", DEFAULT_METHOD))
+
+
+def check_finite(path: str, ids: np.ndarray, blocks: list[Block]) -> None:
+    """Raise naming the sample ids whose factors (in any block) hold NaN or Inf (at most 10 listed)."""
+    bad = np.zeros(len(ids), dtype=bool)
+    for a, e in blocks:
+        bad |= ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
+    if bad.any():
+        raise InflowError(
+            f"{path}: NaN/Inf factors for {int(bad.sum())} sample(s), sample_id(s) {ids[bad][:10].tolist()}; "
+            "delete the file and rerun the factors rule (if it recurs, check those images and the checkpoint)"
+        )
+
+
+def check_same_samples(paths: list[str]) -> np.ndarray:
+    """The sample ids shared by every factor file in ``paths``, in file order.
+
+    Raises if any file lists other samples, or the same ones in another order (factors made
+    from another manifest), or holds factors of another method: their rows could not be added up.
+    """
+    ids0 = read_factor_ids(paths[0])
+    method0 = factor_method(read_factor_meta(paths[0]))
+    for path in paths[1:]:
+        method = factor_method(read_factor_meta(path))
+        if method != method0:
+            raise InflowError(
+                f"{path}: holds {method} factors but {paths[0]} holds {method0} factors; "
+                "factors of two methods cannot be added up, delete the stale files and rerun the factors rule"
+            )
+        ids = read_factor_ids(path)
+        if not np.array_equal(ids, ids0):
+            what = f"{len(ids)} samples vs {len(ids0)}" if len(ids) != len(ids0) else "the same number of samples but other ids or order"
+            raise InflowError(
+                f"{path}: sample ids differ from {paths[0]} ({what}); the factor files come from different manifests, delete results/factors and rerun"
+            )
+    return ids0
+
+
+def factor_meta(path: str, meta: dict[str, Any], split: str | None = None) -> dict[str, Any]:
+    """Check the metadata of a factor file has what influence needs; return it.
+
+    ``epoch`` and a finite ``tracin_lr`` >= 0 are required; with ``split``, a recorded split
+    must equal it (catches a train file passed as the test file and vice versa).
+    """
+    missing = [k for k in ("epoch", "tracin_lr") if k not in meta]
+    if missing:
+        raise InflowError(
+            f"{path}: factor file metadata lacks {', '.join(missing)}; it was not written by the factors rule, delete it and rerun"
+        )
+    lr = meta["tracin_lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr < 0:
+        raise InflowError(f"{path}: tracin_lr {lr!r} is not a finite learning rate >= 0; delete the file and rerun the factors rule")
+    if split is not None and meta.get("split", split) != split:
+        raise InflowError(
+            f"{path}: holds factors of the {meta['split']} split where {split} factors are needed; check the inputs, rerun the factors rule"
+        )
+    return meta
+
+
+def check_factors_match(test_path: str, test_meta: dict[str, Any], train_path: str, train_meta: dict[str, Any]) -> None:
+    """Raise unless a test and a train factor file come from the same method, checkpoint and layers.
+
+    Compares the method (and its projection settings), epoch, factor widths, the bias column,
+    and (when recorded) the fingerprints of the checkpoint's weights and of the manifest.
+    """
+    methods = factor_method(test_meta), factor_method(train_meta)
+    if methods[0] != methods[1]:
+        raise InflowError(
+            f"{test_path} and {train_path}: factors of two methods ({methods[0]} vs {methods[1]}); "
+            "delete both and rerun the factors rule with one factors.method"
+        )
+    problems = []
+    for key in ("projection_dim", "projection_seed", "layers", "epoch", "tracin_lr", "d_a", "d_out", "include_bias", "model", "manifest"):
+        if key in test_meta and key in train_meta and test_meta[key] != train_meta[key]:
+            problems.append(f"{key} {test_meta[key]} vs {train_meta[key]}")
+    if problems:
+        raise InflowError(
+            f"{test_path} and {train_path}: factors do not come from the same checkpoint ({'; '.join(problems)}); "
+            "delete both and rerun the factors rule"
+        )
+
+
+def read_factor_blocks(path: str, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, list[Block], dict[str, Any]]:
+    """Read a factor file: ``(sample_ids (n,), blocks [(a (n, d_a), e (n, d_out)), ...], metadata)``.
+
+    ``rows=(start, stop)`` reads only the row groups that hold those rows, so a tile's job reads
+    and holds its tile, not the whole split. ``a`` and ``e`` are read-only views of the Arrow
+    buffers (no copy) when the rows lie in one contiguous read. Raises :class:`InflowError`
+    naming the sample ids if any factor is NaN or Inf, and if ``rows`` lie outside the file.
+    """
+    meta = read_factor_meta(path)
+    pf = _open_factor_file(path)
+    if rows is None:
+        table, first = pf.read(), 0
+    else:
+        start, stop = rows
+        if not 0 <= start <= stop <= pf.metadata.num_rows:
+            raise InflowError(
+                f"{path}: rows {start}:{stop} asked for but the file has {pf.metadata.num_rows}; the factor files do not match, rerun the factors rule"
+            )
+        bounds = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = [g for g in range(pf.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
+        first = int(bounds[groups[0]]) if groups else 0
+        table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
+        table = table.slice(start - first, stop - start)
+    ids = table.column("sample_id").to_numpy()
+    blocks = [
+        (_fixed_list_to_numpy(table.column(a), path, a), _fixed_list_to_numpy(table.column(e), path, e))
+        for a, e in block_columns(_count_blocks(path, table.column_names))
+    ]
+    check_finite(path, ids, blocks)
+    return ids, blocks, meta
+
+
+def read_factors(path: str, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read a one-block factor file: ``(sample_ids (n,), a (n, d_a), e (n, d_out), metadata)``.
+
+    See :func:`read_factor_blocks`; raises for a file of several blocks (``head_layers``), whose
+    ``a`` and ``e`` alone are not its factors.
+    """
+    ids, blocks, meta = read_factor_blocks(path, rows)
+    if len(blocks) != 1:
+        raise InflowError(f"{path}: holds {len(blocks)} factor blocks ({factor_method(meta)}); read it with read_factor_blocks")
+    ((a, e),) = blocks
+    return ids, a, e, meta
+
+
+def block_widths(blocks: list[Block]) -> dict[str, Any]:
+    """``{"d_a": ..., "d_out": ...}`` of a file's blocks: numbers for one block, lists for several."""
+    d_a, d_out = [a.shape[1] for a, _ in blocks], [e.shape[1] for _, e in blocks]
+    return {"d_a": d_a[0], "d_out": d_out[0]} if len(blocks) == 1 else {"d_a": d_a, "d_out": d_out}
+
+
+def as_tensor(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with a (possibly read-only) factor array; callers must not write to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we never write to it
+        return torch.from_numpy(array)
+
+
+def method_metadata(model: Classifier, method: dict[str, Any], side: dict[str, Any]) -> dict[str, Any]:
+    """What a factor file records about its method: name, layers (block order), projection settings."""
+    name = method["method"]
+    if name == "last_layer":
+        return {"method": name, "layer": side.get("hooked_layer")}
+    if name == "head_layers":
+        return {"method": name, "layer": side.get("hooked_layer"), "layers": head_layer_names(model)}
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "method": name,
+        "layer": f"{n_params} parameters projected to {method['projection_dim']}",
+        "projection_dim": method["projection_dim"],
+        "projection_seed": method["projection_seed"],
+        "projection_matrix": "rademacher",
+        "n_params": n_params,
+        "group_lr": side.get("lr"),
+    }
+
+
+def extract_factors(
+    images_path: str,
+    manifest_path: str,
+    checkpoint_path: str,
+    sidecar_path: str,
+    split: str,
+    train_cfg: dict[str, Any],
+    include_bias: bool,
+    batch_size: int,
+    device_name: str,
+    out_path: str,
+    method: dict[str, Any] | None = None,
+) -> None:
+    """Compute and write the factors of ``split`` at one checkpoint.
+
+    ``method`` is ``{"method": "last_layer" | "head_layers" | "projection"}`` (plus
+    ``projection_dim``, ``projection_seed``); None means ``last_layer``.
+    """
+    method = method or {"method": DEFAULT_METHOD}
+    device = resolve_device(device_name)
+    side = read_sidecar(sidecar_path)
+    manifest, class_names = load_manifest(manifest_path)
+    data = load_split(images_path, manifest, split)
+    if len(data) == 0:
+        raise InflowError(f"{manifest_path}: the {split} split is empty; check the dataset settings and rerun prepare_data")
+    train_labels = manifest.loc[manifest.split == "train", "label"].to_numpy()
+    weights = inverse_frequency_weights(train_labels, len(class_names)).to(device) if train_cfg["class_weights"] else None
+    model = load_checkpoint(checkpoint_path, device, num_classes=len(class_names))
+    group_lrs = side["lr"] if isinstance(side["lr"], dict) else {}
+    batch_factors = method_batch_factors(
+        model, method, weights, train_cfg["label_smoothing"], include_bias, group_lrs, float(side["tracin_lr"])
+    )
+    blocks = compute_factors(batch_factors, data, batch_size, device)
+    bad = np.zeros(len(data), dtype=bool)
+    for a, e in blocks:
+        bad |= ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
+    if bad.any():
+        raise InflowError(
+            f"{checkpoint_path}: NaN/Inf factors for {int(bad.sum())} {split} sample(s), sample_id(s) {data.sample_ids[bad][:10].tolist()}; "
+            "the checkpoint's weights or those images are broken, rerun train (lower train.lr_head/lr_backbone if it diverged)"
+        )
+    meta = {
+        "epoch": side["epoch"],
+        "tracin_lr": side["tracin_lr"],
+        "split": split,
+        **method_metadata(model, method, side),
+        "include_bias": include_bias,
+        **block_widths(blocks),
+        "checkpoint": str(checkpoint_path),
+        "model": model_fingerprint(model),
+        "manifest": manifest_fingerprint(manifest),
+    }
+    log.info(
+        "split %s, epoch %s, method %s: %d samples, blocks %s, tracin lr %g",
+        split,
+        side["epoch"],
+        method["method"],
+        len(data),
+        [(a.shape[1], e.shape[1]) for a, e in blocks],
+        side["tracin_lr"],
+    )
+    write_factor_blocks(out_path, data.sample_ids, blocks, meta)
+
+
+def manifest_fingerprint(manifest: pd.DataFrame) -> str:
+    """A short hash of the manifest's sample ids, splits and labels (what factors depend on)."""
+    cols = manifest[["sample_id", "split", "label"]]
+    return hashlib.sha256(pd.util.hash_pandas_object(cols, index=False).to_numpy().tobytes()).hexdigest()[:16]

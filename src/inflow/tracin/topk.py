@@ -1,0 +1,223 @@
+"""Exact top-k proponents and opponents of the influence summed over checkpoints.
+
+For one tile of test x train, the per-checkpoint dense shards are summed (so the tile holds
+the exact total influence), and the k largest and k most negative entries of every test row
+are kept. Merging the tiles of a test row is exact: the global top-k of a row is the top-k of
+the union of every train tile's top-k. (Taking top-k per checkpoint first and summing, as
+the seed scripts did, is not exact.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from inflow.core.errors import InflowError
+from inflow.core.io import NpyRowReader, atomic_path, write_table
+from inflow.model.architectures import resolve_device
+from inflow.tracin.factors import check_same_samples, read_factor_ids, read_factor_meta
+from inflow.tracin.influence import parse_tile, rows_per_chunk, tile_bounds
+
+log = logging.getLogger(__name__)
+
+KINDS = ("proponent", "opponent")
+
+
+def open_shards(shard_paths: list[str]) -> list[NpyRowReader]:
+    """Open the per-checkpoint shards of one tile for chunked reading; all must have the same shape."""
+    if not shard_paths:
+        raise InflowError("no influence shards to sum; check train.checkpoint_epochs")
+    shards = [NpyRowReader(p) for p in shard_paths]
+    for path, shard in zip(shard_paths, shards):
+        if shard.shape != shards[0].shape:
+            raise InflowError(f"{path}: shard shape {shard.shape} differs from {shards[0].shape}; rerun the influence shards")
+    return shards
+
+
+def sum_rows(shards: list[NpyRowReader], start: int, stop: int, buffer: np.ndarray) -> Tensor:
+    """Rows ``start:stop`` of the sum of ``shards`` in list (checkpoint) order, ``(stop-start, n_train_tile)`` float32."""
+    total = torch.from_numpy(shards[0].read(start, stop))
+    for shard in shards[1:]:
+        total += torch.from_numpy(shard.read(start, stop, out=buffer))
+    return total
+
+
+def row_topk(scores: Tensor, k: int) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per row, the ``k`` largest and ``k`` smallest entries of ``scores (n, m)``.
+
+    Returns:
+        ``{"proponent": (values (n, k'), columns (n, k')), "opponent": (...)}`` with
+        ``k' = min(k, m)``, each sorted from strongest to weakest.
+    """
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1, largest=True, sorted=True)
+    bottom = scores.topk(k, dim=1, largest=False, sorted=True)
+    return {"proponent": (top.values, top.indices), "opponent": (bottom.values, bottom.indices)}
+
+
+def merge_topk(values: list[Tensor], ids: list[Tensor], k: int, largest: bool) -> tuple[Tensor, Tensor]:
+    """Merge per-tile candidates ``values[j], ids[j]`` (each ``(n, k_j)``) into the top-``k``.
+
+    Returns:
+        ``(values (n, k'), ids (n, k'))``, strongest first, ``k' = min(k, sum_j k_j)``.
+    """
+    vals, idx = torch.cat(values, dim=1), torch.cat(ids, dim=1)
+    best = vals.topk(min(k, vals.shape[1]), dim=1, largest=largest, sorted=True)
+    return best.values, idx.gather(1, best.indices)
+
+
+def tile_topk(
+    shard_paths: list[str],
+    train_factors: str,
+    tile: str,
+    n_train_tiles: int,
+    k: int,
+    out_path: str,
+    memory_mb: float = 1024,
+    device_name: str = "cpu",
+    checkpoint_factors: list[str] | None = None,
+) -> None:
+    """Sum one tile's shards over checkpoints; save its row top-k (train sample ids) and row sums.
+
+    Rows are processed in chunks that fit ``memory_mb``. ``checkpoint_factors``, the test and
+    train factor files of every checkpoint, are checked (when given) to list the same samples
+    in the same order, so that the shards' rows and columns line up when summed. The ``.npz`` holds
+    ``proponent_values/ids``, ``opponent_values/ids`` ``(n_test_tile, k')`` and
+    ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``.
+    """
+    _, r = parse_tile(tile)
+    by_split: dict[str, list[str]] = {}
+    for path in checkpoint_factors or []:
+        if path != train_factors:
+            by_split.setdefault(str(read_factor_meta(path).get("split")), []).append(path)
+    by_split.setdefault("train", []).append(train_factors)
+    for paths in by_split.values():
+        check_same_samples(paths[-1:] + paths[:-1])  # against the last checkpoint's file, which defines the rows
+    train_ids = read_factor_ids(train_factors)
+    if k > len(train_ids):
+        raise InflowError(
+            f"influence.top_k={k} is larger than the training set ({len(train_ids)} samples in {train_factors}); lower influence.top_k"
+        )
+    if r >= n_train_tiles:
+        raise InflowError(f"tile {tile}: outside the {n_train_tiles} train tiles of influence.train_tiles; rerun with the current config")
+    r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
+    shards = open_shards(shard_paths)
+    n_rows, n_cols = shards[0].shape
+    chunk = rows_per_chunk(n_cols, memory_mb, buffers=3)
+    buffer = np.empty((min(chunk, n_rows), n_cols), np.float32)
+    if n_cols != r1 - r0:
+        raise InflowError(
+            f"{shard_paths[0]}: shard has {n_cols} train columns but tile {tile} of {train_factors} has {r1 - r0}; rerun the influence shards"
+        )
+    ids = torch.from_numpy(train_ids[r0:r1])
+    device = resolve_device(device_name)
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n_rows, chunk):
+        total = sum_rows(shards, start, min(start + chunk, n_rows), buffer).to(device)
+        finite = torch.isfinite(total).all(1)
+        if not finite.all():
+            rows = (start + torch.nonzero(~finite).flatten()[:10]).tolist()
+            raise InflowError(
+                f"tile {tile}: influence overflows float32 (Inf/NaN) in rows {rows} of the tile's test samples; "
+                "the factors are finite but huge, check train.lr_head and the checkpoints, rerun train"
+            )
+        for kind, (vals, cols) in row_topk(total, k).items():
+            parts.setdefault(f"{kind}_values", []).append(vals.cpu().numpy())
+            parts.setdefault(f"{kind}_ids", []).append(ids[cols.cpu()].numpy())
+        positive = total.clamp(min=0).sum(1, dtype=torch.float64)
+        parts.setdefault("positive_sum", []).append(positive.cpu().numpy())
+        parts.setdefault("negative_sum", []).append((total.sum(1, dtype=torch.float64) - positive).cpu().numpy())
+        parts.setdefault("n_positive", []).append((total > 0).sum(1).cpu().numpy())
+    for shard in shards:
+        shard.close()
+    arrays = {name: np.concatenate(p) for name, p in parts.items()}
+    with atomic_path(out_path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+TILE_ARRAYS = ("proponent_values", "proponent_ids", "opponent_values", "opponent_ids", "positive_sum", "negative_sum", "n_positive")
+
+
+def load_tile(path: str) -> dict[str, np.ndarray]:
+    """The arrays of one ``tile_topk`` result, checked to be complete."""
+    try:
+        with np.load(path) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise InflowError(f"{path}: tile result not found; rerun the tile_topk rule") from None
+    except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise several types for a damaged .npz
+        raise InflowError(f"{path}: not a readable tile result ({type(exc).__name__}); delete it and rerun tile_topk") from None
+    missing = [name for name in TILE_ARRAYS if name not in arrays]
+    if missing:
+        raise InflowError(f"{path}: tile result lacks {', '.join(missing)}; delete it and rerun tile_topk")
+    return arrays
+
+
+def accumulate_topk(
+    tile_files: dict[tuple[int, int], str],
+    test_factors: str,
+    n_test_tiles: int,
+    n_train_tiles: int,
+    k: int,
+    topk_out: str,
+    summary_out: str,
+) -> None:
+    """Merge every tile's candidates into the exact top-k per test sample and the per-test summary.
+
+    Writes ``topk_out`` (test_id, kind, rank, train_id, influence) and ``summary_out`` (test_id,
+    positive_sum, negative_sum, net_influence, n_positive).
+    """
+    test_ids = read_factor_ids(test_factors)
+    topk_parts, summary_parts = [], []
+    for q in range(n_test_tiles):
+        q0, q1 = tile_bounds(len(test_ids), n_test_tiles, q)
+        tiles = [load_tile(tile_files[(q, r)]) for r in range(n_train_tiles)]
+        if any(len(t["positive_sum"]) != q1 - q0 for t in tiles):
+            raise InflowError(f"tile results of test tile {q} do not match {test_factors}; rerun the tile_topk rule")
+        for kind in KINDS:
+            vals, ids = merge_topk(
+                [torch.from_numpy(t[f"{kind}_values"]) for t in tiles],
+                [torch.from_numpy(t[f"{kind}_ids"]) for t in tiles],
+                k,
+                largest=(kind == "proponent"),
+            )
+            n, kk = vals.shape
+            topk_parts.append(
+                pd.DataFrame(
+                    {
+                        "test_id": np.repeat(test_ids[q0:q1], kk),
+                        "kind": kind,
+                        "rank": np.tile(np.arange(1, kk + 1), n),
+                        "train_id": ids.numpy().ravel(),
+                        "influence": vals.numpy().ravel(),
+                    }
+                )
+            )
+        pos = sum(t["positive_sum"] for t in tiles)
+        neg = sum(t["negative_sum"] for t in tiles)
+        summary_parts.append(
+            pd.DataFrame(
+                {
+                    "test_id": test_ids[q0:q1],
+                    "positive_sum": pos,
+                    "negative_sum": neg,
+                    "net_influence": pos + neg,
+                    "n_positive": sum(t["n_positive"] for t in tiles),
+                }
+            )
+        )
+    topk = pd.concat(topk_parts, ignore_index=True).sort_values(["test_id", "kind", "rank"], kind="stable", ignore_index=True)
+    summary = pd.concat(summary_parts, ignore_index=True)
+    log.info(
+        "top-%d for %d test samples; %.1f%% of test samples have positive net influence",
+        k,
+        len(summary),
+        100 * float((summary.net_influence > 0).mean()),
+    )
+    write_table(topk, topk_out)
+    write_table(summary, summary_out)

@@ -1,0 +1,1 @@
+"""Stage 2, training: the training loop with checkpoints, predictions, retraining on a subset."""

@@ -1,0 +1,1 @@
+"""Validation of attributions: LDS, the method comparison, the cleanlab baseline."""
