@@ -12,7 +12,7 @@ rule review:
     log:
         "logs/clean/review.log",
     benchmark:
-        "benchmarks/clean/review.tsv"
+        "logs/benchmarks/clean/review.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -35,7 +35,7 @@ rule clean_manifest:
     log:
         "logs/clean/{variant}/clean_manifest.log",
     benchmark:
-        "benchmarks/clean/{variant}/clean_manifest.tsv"
+        "logs/benchmarks/clean/{variant}/clean_manifest.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -60,7 +60,7 @@ rule retrain:
     log:
         "logs/clean/{variant}/retrain.log",
     benchmark:
-        "benchmarks/clean/{variant}/retrain.tsv"
+        "logs/benchmarks/clean/{variant}/retrain.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 4
@@ -87,7 +87,7 @@ rule predict_clean:
     log:
         "logs/clean/{variant}/predict.log",
     benchmark:
-        "benchmarks/clean/{variant}/predict.tsv"
+        "logs/benchmarks/clean/{variant}/predict.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 2
@@ -123,7 +123,7 @@ rule clean_comparison:
     log:
         "logs/clean/comparison.log",
     benchmark:
-        "benchmarks/clean/comparison.tsv"
+        "logs/benchmarks/clean/comparison.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

@@ -209,11 +209,6 @@ def replay_outputs():
     return ["results/replay/scores.parquet", "results/replay/topk.parquet", "results/replay/summary.json"]
 
 
-def replay_loss_settings():
-    """The training-config keys that define the per-sample loss the replay weights (not epochs, lrs)."""
-    return {key: config["train"][key] for key in ("class_weights", "label_smoothing")}
-
-
 # Replay LDS (rules/replay.smk): the replay run retrained on random subsets (one job per subset
 # model and alpha), scored against the replay and TracIn; off unless replay.enabled.
 REPLAY_LDS_ALPHAS = [f"{alpha:g}" for alpha in config["replay"]["lds_alphas"]]

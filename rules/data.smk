@@ -7,7 +7,7 @@ rule prepare_data:
     log:
         "logs/prepare_data.log",
     benchmark:
-        "benchmarks/prepare_data.tsv"
+        "logs/benchmarks/prepare_data.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 1

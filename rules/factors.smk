@@ -9,7 +9,7 @@ rule factors:
     log:
         "logs/factors/epoch_{ckpt}_{split}.log",
     benchmark:
-        "benchmarks/factors/epoch_{ckpt}_{split}.tsv"
+        "logs/benchmarks/factors/epoch_{ckpt}_{split}.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 2

@@ -7,7 +7,7 @@ rule influence_shard:
     log:
         "logs/influence_shard/epoch_{ckpt}_tile_{tile}.log",
     benchmark:
-        "benchmarks/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
+        "logs/benchmarks/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 2
@@ -33,7 +33,7 @@ rule tile_topk:
     log:
         "logs/tile_topk/tile_{tile}.log",
     benchmark:
-        "benchmarks/tile_topk/tile_{tile}.tsv"
+        "logs/benchmarks/tile_topk/tile_{tile}.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 1
@@ -59,7 +59,7 @@ rule accumulate_topk:
     log:
         "logs/accumulate_topk.log",
     benchmark:
-        "benchmarks/accumulate_topk.tsv"
+        "logs/benchmarks/accumulate_topk.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -84,7 +84,7 @@ rule self_influence:
     log:
         "logs/self_influence.log",
     benchmark:
-        "benchmarks/self_influence.tsv"
+        "logs/benchmarks/self_influence.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

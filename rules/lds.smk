@@ -10,7 +10,7 @@ rule lds_subsets:
     log:
         "logs/lds/subsets.log",
     benchmark:
-        "benchmarks/lds/subsets.tsv"
+        "logs/benchmarks/lds/subsets.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -40,7 +40,7 @@ rule lds_train:
     log:
         "logs/lds/train_{model}.log",
     benchmark:
-        "benchmarks/lds/train_{model}.tsv"
+        "logs/benchmarks/lds/train_{model}.tsv"
     wildcard_constraints:
         model=r"\d+",
     conda:
@@ -70,7 +70,7 @@ rule lds_scores:
     log:
         "logs/lds/scores.log",
     benchmark:
-        "benchmarks/lds/scores.tsv"
+        "logs/benchmarks/lds/scores.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 2
@@ -101,7 +101,7 @@ rule lds:
     log:
         "logs/lds/lds.log",
     benchmark:
-        "benchmarks/lds/lds.tsv"
+        "logs/benchmarks/lds/lds.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

@@ -11,7 +11,7 @@ use rule factors as method_factors with:
     log:
         "logs/methods/{method}/factors/epoch_{ckpt}_{split}.log",
     benchmark:
-        "benchmarks/methods/{method}/factors/epoch_{ckpt}_{split}.tsv"
+        "logs/benchmarks/methods/{method}/factors/epoch_{ckpt}_{split}.tsv"
     params:
         loss=loss_settings(),
         include_bias=config["factors"]["include_bias"],
@@ -27,7 +27,7 @@ use rule self_influence as method_self_influence with:
     log:
         "logs/methods/{method}/self_influence.log",
     benchmark:
-        "benchmarks/methods/{method}/self_influence.tsv"
+        "logs/benchmarks/methods/{method}/self_influence.tsv"
 
 
 use rule lds_scores as method_lds_scores with:
@@ -40,7 +40,7 @@ use rule lds_scores as method_lds_scores with:
     log:
         "logs/methods/{method}/lds_scores.log",
     benchmark:
-        "benchmarks/methods/{method}/lds_scores.tsv"
+        "logs/benchmarks/methods/{method}/lds_scores.tsv"
 
 
 use rule lds as method_lds with:
@@ -55,7 +55,7 @@ use rule lds as method_lds with:
     log:
         "logs/methods/{method}/lds.log",
     benchmark:
-        "benchmarks/methods/{method}/lds.tsv"
+        "logs/benchmarks/methods/{method}/lds.tsv"
 
 
 rule cleanlab_fold:
@@ -70,7 +70,7 @@ rule cleanlab_fold:
     log:
         "logs/methods/cleanlab/fold_{fold}.log",
     benchmark:
-        "benchmarks/methods/cleanlab/fold_{fold}.tsv"
+        "logs/benchmarks/methods/cleanlab/fold_{fold}.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 4
@@ -98,7 +98,7 @@ rule cleanlab:
     log:
         "logs/methods/cleanlab/cleanlab.log",
     benchmark:
-        "benchmarks/methods/cleanlab/cleanlab.tsv"
+        "logs/benchmarks/methods/cleanlab/cleanlab.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -133,7 +133,7 @@ rule method_comparison:
     log:
         "logs/methods/comparison.log",
     benchmark:
-        "benchmarks/methods/comparison.tsv"
+        "logs/benchmarks/methods/comparison.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

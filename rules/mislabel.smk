@@ -10,7 +10,7 @@ rule mislabel:
     log:
         "logs/mislabel.log",
     benchmark:
-        "benchmarks/mislabel.tsv"
+        "logs/benchmarks/mislabel.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

@@ -13,7 +13,7 @@ rule replay_train:
     log:
         "logs/replay_train.log",
     benchmark:
-        "benchmarks/replay_train.tsv"
+        "logs/benchmarks/replay_train.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 4
@@ -22,7 +22,7 @@ rule replay_train:
         runtime=scaled(240),
     params:
         model=config["model"],
-        train=replay_loss_settings(),
+        train=loss_settings(),
         replay=config["replay"],
         seed=config["seed"],
         device=config["device"],
@@ -41,7 +41,7 @@ rule replay_targets:
     log:
         "logs/replay_targets/group_{group}.log",
     benchmark:
-        "benchmarks/replay_targets/group_{group}.tsv"
+        "logs/benchmarks/replay_targets/group_{group}.tsv"
     wildcard_constraints:
         group=r"\d+",
     conda:
@@ -67,7 +67,7 @@ rule replay_merge:
     log:
         "logs/replay_merge.log",
     benchmark:
-        "benchmarks/replay_merge.tsv"
+        "logs/benchmarks/replay_merge.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -93,7 +93,7 @@ rule replay_lds_subsets:
     log:
         "logs/replay_lds/alpha_{alpha}/subsets.log",
     benchmark:
-        "benchmarks/replay_lds/alpha_{alpha}/subsets.tsv"
+        "logs/benchmarks/replay_lds/alpha_{alpha}/subsets.tsv"
     wildcard_constraints:
         alpha=r"[0-9.e-]+",
     localrule: True
@@ -122,7 +122,7 @@ rule replay_lds_train:
     log:
         "logs/replay_lds/alpha_{alpha}/model_{model}.log",
     benchmark:
-        "benchmarks/replay_lds/alpha_{alpha}/model_{model}.tsv"
+        "logs/benchmarks/replay_lds/alpha_{alpha}/model_{model}.tsv"
     wildcard_constraints:
         alpha=r"[0-9.e-]+",
         model=r"\d+",
@@ -150,7 +150,7 @@ rule replay_lds_tracin:
     log:
         "logs/replay_lds/tracin.log",
     benchmark:
-        "benchmarks/replay_lds/tracin.tsv"
+        "logs/benchmarks/replay_lds/tracin.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 2
@@ -184,7 +184,7 @@ rule replay_lds:
     log:
         "logs/replay_lds/lds.log",
     benchmark:
-        "benchmarks/replay_lds/lds.tsv"
+        "logs/benchmarks/replay_lds/lds.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

@@ -13,7 +13,7 @@ checkpoint report_selection:
     log:
         "logs/report/report_selection.log",
     benchmark:
-        "benchmarks/report/report_selection.tsv"
+        "logs/benchmarks/report/report_selection.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -50,7 +50,7 @@ rule misprediction_cross_analysis:
     log:
         "logs/report/misprediction_cross_analysis.log",
     benchmark:
-        "benchmarks/report/misprediction_cross_analysis.tsv"
+        "logs/benchmarks/report/misprediction_cross_analysis.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -78,7 +78,7 @@ rule influential_training:
     log:
         "logs/report/influential_training.log",
     benchmark:
-        "benchmarks/report/influential_training.tsv"
+        "logs/benchmarks/report/influential_training.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -106,7 +106,7 @@ rule class_influence:
     log:
         "logs/report/class_influence.log",
     benchmark:
-        "benchmarks/report/class_influence.tsv"
+        "logs/benchmarks/report/class_influence.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -136,7 +136,7 @@ rule influence_stats:
     log:
         "logs/report/influence_stats.log",
     benchmark:
-        "benchmarks/report/influence_stats.tsv"
+        "logs/benchmarks/report/influence_stats.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -164,7 +164,7 @@ rule health_score:
     log:
         "logs/report/health_score.log",
     benchmark:
-        "benchmarks/report/health_score.tsv"
+        "logs/benchmarks/report/health_score.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -196,7 +196,7 @@ rule influence_report:
     log:
         "logs/report/influence_report.log",
     benchmark:
-        "benchmarks/report/influence_report.tsv"
+        "logs/benchmarks/report/influence_report.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -228,7 +228,7 @@ rule dashboard:
     log:
         "logs/report/dashboard.log",
     benchmark:
-        "benchmarks/report/dashboard.tsv"
+        "logs/benchmarks/report/dashboard.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -253,7 +253,7 @@ rule training_curves:
     log:
         "logs/report/training_curves.log",
     benchmark:
-        "benchmarks/report/training_curves.tsv"
+        "logs/benchmarks/report/training_curves.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -283,7 +283,7 @@ rule class_dashboard:
     log:
         "logs/report/class_dashboard/{cls}.log",
     benchmark:
-        "benchmarks/report/class_dashboard/{cls}.tsv"
+        "logs/benchmarks/report/class_dashboard/{cls}.tsv"
     wildcard_constraints:
         cls=r"[^/]+",
     localrule: True
@@ -311,7 +311,7 @@ rule class_influence_heatmap:
     log:
         "logs/report/class_influence_heatmap.log",
     benchmark:
-        "benchmarks/report/class_influence_heatmap.tsv"
+        "logs/benchmarks/report/class_influence_heatmap.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -338,7 +338,7 @@ rule grid_mispredictions:
     log:
         "logs/report/grid_mispredictions.log",
     benchmark:
-        "benchmarks/report/grid_mispredictions.tsv"
+        "logs/benchmarks/report/grid_mispredictions.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -369,7 +369,7 @@ rule grid_test_sample:
     log:
         "logs/report/grid_test_sample/test_{test_id}.log",
     benchmark:
-        "benchmarks/report/grid_test_sample/test_{test_id}.tsv"
+        "logs/benchmarks/report/grid_test_sample/test_{test_id}.tsv"
     wildcard_constraints:
         test_id=r"\d+",
     localrule: True
@@ -401,7 +401,7 @@ rule grid_influential:
     log:
         "logs/report/grid_influential.log",
     benchmark:
-        "benchmarks/report/grid_influential.tsv"
+        "logs/benchmarks/report/grid_influential.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"
@@ -431,7 +431,7 @@ rule grid_mislabel_candidates:
     log:
         "logs/report/grid_mislabel_candidates.log",
     benchmark:
-        "benchmarks/report/grid_mislabel_candidates.tsv"
+        "logs/benchmarks/report/grid_mislabel_candidates.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

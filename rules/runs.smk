@@ -13,7 +13,7 @@ use rule train as run_train with:
     log:
         "logs/runs/seed_{run_seed}/train.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/train.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/train.tsv"
     params:
         seed=lambda wildcards: int(wildcards.run_seed),
 
@@ -29,7 +29,7 @@ use rule predict as run_predict with:
     log:
         "logs/runs/seed_{run_seed}/predict.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/predict.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/predict.tsv"
 
 
 use rule factors as run_factors with:
@@ -43,7 +43,7 @@ use rule factors as run_factors with:
     log:
         "logs/runs/seed_{run_seed}/factors/epoch_{ckpt}_{split}.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/factors/epoch_{ckpt}_{split}.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/factors/epoch_{ckpt}_{split}.tsv"
 
 
 use rule influence_shard as run_influence_shard with:
@@ -55,7 +55,7 @@ use rule influence_shard as run_influence_shard with:
     log:
         "logs/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
 
 
 # The input functions of tile_topk, accumulate_topk and self_influence follow the run wildcard.
@@ -65,7 +65,7 @@ use rule tile_topk as run_tile_topk with:
     log:
         "logs/runs/seed_{run_seed}/tile_topk/tile_{tile}.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/tile_topk/tile_{tile}.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/tile_topk/tile_{tile}.tsv"
 
 
 use rule accumulate_topk as run_accumulate_topk with:
@@ -75,7 +75,7 @@ use rule accumulate_topk as run_accumulate_topk with:
     log:
         "logs/runs/seed_{run_seed}/accumulate_topk.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/accumulate_topk.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/accumulate_topk.tsv"
 
 
 use rule self_influence as run_self_influence with:
@@ -84,7 +84,7 @@ use rule self_influence as run_self_influence with:
     log:
         "logs/runs/seed_{run_seed}/self_influence.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/self_influence.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/self_influence.tsv"
 
 
 use rule mislabel as run_mislabel with:
@@ -99,7 +99,7 @@ use rule mislabel as run_mislabel with:
     log:
         "logs/runs/seed_{run_seed}/mislabel.log",
     benchmark:
-        "benchmarks/runs/seed_{run_seed}/mislabel.tsv"
+        "logs/benchmarks/runs/seed_{run_seed}/mislabel.tsv"
 
 
 rule runs_comparison:
@@ -118,7 +118,7 @@ rule runs_comparison:
     log:
         "logs/runs/comparison.log",
     benchmark:
-        "benchmarks/runs/comparison.tsv"
+        "logs/benchmarks/runs/comparison.tsv"
     localrule: True
     conda:
         "../envs/inflow.yaml"

@@ -10,7 +10,7 @@ rule train:
     log:
         "logs/train.log",
     benchmark:
-        "benchmarks/train.tsv"
+        "logs/benchmarks/train.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 4
@@ -37,7 +37,7 @@ rule predict:
     log:
         "logs/predict.log",
     benchmark:
-        "benchmarks/predict.tsv"
+        "logs/benchmarks/predict.tsv"
     conda:
         "../envs/inflow.yaml"
     threads: 2

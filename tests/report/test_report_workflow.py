@@ -100,7 +100,7 @@ def test_every_report_output_exists(workdir: Path) -> None:
     assert sorted(p.name for p in (workdir / "results/report/figures/classes").glob("*.png")) == ["disk.png", "ring.png"]
     for name in ("health_score", "influence_stats", "influential_training", "class_influence_matrix", "misprediction_cross_analysis"):
         assert (workdir / f"results/report/tables/{name}.parquet").exists(), name  # typed copy for later rules
-    assert (workdir / "logs/report/dashboard.log").exists() and (workdir / "benchmarks/report/dashboard.tsv").exists()
+    assert (workdir / "logs/report/dashboard.log").exists() and (workdir / "logs/benchmarks/report/dashboard.tsv").exists()
 
 
 def test_any_single_picture_can_be_targeted(workdir: Path) -> None:

@@ -37,7 +37,7 @@ TIMEOUT = 900
 
 
 def command(workdir: Path, *args: str) -> list[str]:
-    # Same invocation as tests/test_workflow.py: -s picks up profiles/default (rerun-incomplete) beside the Snakefile.
+    # Same invocation as tests/workflow/test_workflow.py: -s picks up profiles/default (rerun-incomplete) beside the Snakefile.
     return [
         sys.executable,
         "-m",

@@ -85,7 +85,7 @@ def test_outputs_exist_and_intermediates_are_removed(workdir: Path) -> None:
         "results/predictions/false_predictions.csv",
         "results/train/metrics.parquet",
         "logs/train.log",
-        "benchmarks/train.tsv",
+        "logs/benchmarks/train.tsv",
     ]:
         assert (workdir / rel).stat().st_size > 0, rel
     assert not list((workdir / "results/influence").glob("shards/*/*.npy"))  # temp() shards are gone

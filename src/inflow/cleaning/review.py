@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from inflow.core.errors import InflowError
-from inflow.core.io import atomic_path, read_metadata, read_table, write_table
+from inflow.core.figures import save_figure
+from inflow.core.io import read_metadata, read_table, write_table
 from inflow.data.manifest import load_manifest
 from inflow.mislabel.ranking import budget_count
 
@@ -233,9 +234,7 @@ def plot_comparison(table: pd.DataFrame, path: str) -> None:
     text = ", ".join(f"{r.variant}: -{r.dropped}/~{r.relabelled}" for r in table.itertuples())
     fig.suptitle(f"Retraining after cleaning (dropped/relabelled: {text})", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def compare_cleaning(

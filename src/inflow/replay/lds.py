@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from inflow.core.errors import InflowError
-from inflow.core.io import atomic_path, read_metadata, read_table, write_json, write_table
+from inflow.core.figures import save_figure
+from inflow.core.io import read_metadata, read_table, write_json, write_table
 from inflow.core.stats import bootstrap_ci, lds, masks_from_table, subset_masks
 from inflow.data.manifest import load_manifest
 from inflow.model.architectures import resolve_device
@@ -372,5 +373,4 @@ def plot_replay_lds(result: dict[str, Any], scatter: list[tuple[np.ndarray, np.n
         fontsize=10,
     )
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path)

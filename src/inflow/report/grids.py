@@ -20,8 +20,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure, SubFigure  # noqa: E402
 
 from inflow.core.errors import InflowError  # noqa: E402
+from inflow.core.figures import save_figure  # noqa: E402
 from inflow.core.io import read_table  # noqa: E402
-from inflow.report.plots import BAD, GOOD, NEUTRAL, save_figure  # noqa: E402
+from inflow.report.plots import BAD, GOOD, NEUTRAL  # noqa: E402
 from inflow.report.tables import load_samples, most_harmful, most_helpful  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -22,24 +22,18 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from inflow.core.errors import InflowError  # noqa: E402
-from inflow.core.io import atomic_path, read_json, read_table  # noqa: E402
+from inflow.core.figures import save_figure  # noqa: E402
+from inflow.core.io import read_json, read_table  # noqa: E402
 from inflow.report.tables import influential_training, key_findings, load_classes, load_samples, most_harmful, most_helpful, overall_health  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-DPI = 100
 GOOD, BAD, NEUTRAL, ACCENT, FLIPPED = "#2e7d32", "#c62828", "#607d8b", "#1565c0", "#ef6c00"
 BAND_COLORS = {"NEEDS ATTENTION": "#c62828", "FAIR": "#ef6c00", "GOOD": "#9ccc65", "EXCELLENT": "#2e7d32"}
 BAND_EDGES = [("NEEDS ATTENTION", 0, 60), ("FAIR", 60, 80), ("GOOD", 80, 95), ("EXCELLENT", 95, 100)]
 
 mpl_style.use("seaborn-v0_8-whitegrid")  # the seaborn look without importing seaborn (faster jobs)
 matplotlib.rcParams["font.family"] = "DejaVu Sans"
-
-
-def save_figure(fig: Figure, path: str) -> None:
-    """Write ``fig`` as PNG to ``path``, atomically."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
 
 
 def empty_panel(ax: Axes, title: str, message: str) -> None:

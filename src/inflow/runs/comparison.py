@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from inflow.core.errors import InflowError
-from inflow.core.io import atomic_path, read_json, read_table, write_table
+from inflow.core.figures import save_figure
+from inflow.core.io import read_json, read_table, write_table
 from inflow.mislabel.ranking import budget_count
 from inflow.report.tables import influential_training, sample_table
 
@@ -215,9 +216,7 @@ def plot_runs(
         ax.set_title(f"{title} (top {n}, Jaccard)", fontsize=10)
     fig.suptitle(f"{len(accuracy)} training runs of the same data, different seeds", fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def load_runs(seeds: list[int], predictions: list[str], topk: list[str], rankings: list[str], metrics: list[str]) -> list[Run]:

@@ -267,16 +267,20 @@ def factor_method(meta: dict[str, Any]) -> str:
     return str(meta.get("method", DEFAULT_METHOD))
 
 
-def check_finite(path: str, ids: np.ndarray, blocks: list[Block]) -> None:
-    """Raise naming the sample ids whose factors (in any block) hold NaN or Inf (at most 10 listed)."""
+REREAD_HINT = "delete the file and rerun the factors rule (if it recurs, check those images and the checkpoint)"
+
+
+def check_finite(path: str, ids: np.ndarray, blocks: list[Block], hint: str = REREAD_HINT, split: str | None = None) -> None:
+    """Raise naming the sample ids (``ids (n,)``, at most 10 listed) whose factors hold NaN or Inf in any block.
+
+    ``path`` is the file (or checkpoint) the factors belong to, ``hint`` what to do about it.
+    """
     bad = np.zeros(len(ids), dtype=bool)
     for a, e in blocks:
         bad |= ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
     if bad.any():
-        raise InflowError(
-            f"{path}: NaN/Inf factors for {int(bad.sum())} sample(s), sample_id(s) {ids[bad][:10].tolist()}; "
-            "delete the file and rerun the factors rule (if it recurs, check those images and the checkpoint)"
-        )
+        which = f"{split} sample(s)" if split else "sample(s)"
+        raise InflowError(f"{path}: NaN/Inf factors for {int(bad.sum())} {which}, sample_id(s) {ids[bad][:10].tolist()}; {hint}")
 
 
 def check_same_samples(paths: list[str]) -> np.ndarray:
@@ -457,14 +461,13 @@ def extract_factors(
         model, method, weights, train_cfg["label_smoothing"], include_bias, group_lrs, float(side["tracin_lr"])
     )
     blocks = compute_factors(batch_factors, data, batch_size, device)
-    bad = np.zeros(len(data), dtype=bool)
-    for a, e in blocks:
-        bad |= ~(np.isfinite(a).all(1) & np.isfinite(e).all(1))
-    if bad.any():
-        raise InflowError(
-            f"{checkpoint_path}: NaN/Inf factors for {int(bad.sum())} {split} sample(s), sample_id(s) {data.sample_ids[bad][:10].tolist()}; "
-            "the checkpoint's weights or those images are broken, rerun train (lower train.lr_head/lr_backbone if it diverged)"
-        )
+    check_finite(
+        str(checkpoint_path),
+        data.sample_ids,
+        blocks,
+        "the checkpoint's weights or those images are broken, rerun train (lower train.lr_head/lr_backbone if it diverged)",
+        split,
+    )
     meta = {
         "epoch": side["epoch"],
         "tracin_lr": side["tracin_lr"],

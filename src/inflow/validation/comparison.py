@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from inflow.core.errors import InflowError
+from inflow.core.figures import save_figure
 from inflow.core.io import atomic_path, read_json, read_table
 from inflow.mislabel.ranking import ranking_metrics
 
@@ -183,5 +184,4 @@ def plot_comparison(table: pd.DataFrame, path: str) -> None:
     ax_rec.set_xlabel("mislabel recall when inspecting the top 10%")
     ax_rec.set_title("Which ranking finds the flipped labels?", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path)

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from inflow.core.errors import InflowError
-from inflow.core.io import atomic_path, read_metadata, read_table, write_json, write_table
+from inflow.core.figures import save_figure
+from inflow.core.io import read_metadata, read_table, write_json, write_table
 from inflow.core.stats import bootstrap_ci, lds, masks_from_table, subset_masks
 from inflow.data.manifest import Split, load_manifest, load_split
 from inflow.model.architectures import Classifier, resolve_device
@@ -378,5 +379,4 @@ def plot_lds(
         ax.set_title(f"test {test_ids[row]}: rho {per_test[row]:.2f}", fontsize=10)
     fig.suptitle(f"LDS of TracIn: {result['n_models']} models on alpha={result['alpha']} subsets, output {result['output']}", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path)
