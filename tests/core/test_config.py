@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, run_snakemake
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -75,15 +73,11 @@ def test_schema_errors_are_one_line_per_problem_naming_the_key() -> None:
     assert schema_errors(default_config(), SCHEMA) == []
 
 
+@pytest.mark.e2e
 def test_workflow_refuses_a_bad_config_before_any_job(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  checkpoint_epochs: [3, 40]\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(bad), "-n"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    proc = run_snakemake(tmp_path, "-n", configfiles=[bad], cores=None, check=False)
     assert proc.returncode != 0
     assert "train.checkpoint_epochs: [40] are beyond train.epochs=12" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, run_snakemake
 from PIL import Image
 
 from inflow.core.config import semantic_errors
@@ -259,6 +257,7 @@ def test_top_k_beyond_the_image_folder_is_caught_at_start_up(tmp_path) -> None:
     assert semantic_errors(full_config(root, top_k=21, train_tiles=2)) == []
 
 
+@pytest.mark.e2e
 def test_workflow_reports_a_bad_folder_in_one_line(tmp_path) -> None:
     """Through snakemake: corrupt files pass the start-up check (names only), then prepare_data stops in one line."""
     root = good_folder(tmp_path / "data")
@@ -269,26 +268,7 @@ def test_workflow_reports_a_bad_folder_in_one_line(tmp_path) -> None:
     config.write_text(
         f"dataset:\n  source: imagefolder\n  image_size: 16\n  imagefolder:\n    path: {root}\n    test_fraction: 0.25\ninfluence: {{top_k: 3}}\n"
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(tmp_path / "run"),
-            "--configfile",
-            str(config),
-            "--cores",
-            "1",
-            "results/data/manifest.parquet",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    proc = run_snakemake(tmp_path / "run", "results/data/manifest.parquet", configfiles=[config], cores=1, check=False, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert (

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import TINY, dry_run_jobs, synthetic_data
 from torch import nn
 
 from inflow.core.io import read_metadata, read_table
-from inflow.data.prepare import prepare_data
 from inflow.model.losses import per_sample_loss
 from inflow.replay import engine as R
 from inflow.replay.jobs import functional_model, learning_rates, make_schedule, merge_replay, replay_targets, select_targets, train_replay
@@ -232,10 +229,7 @@ def test_schedule_and_target_selection() -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    cfg = {"source": "synthetic", "image_size": 8, "noise_rate": 0.1, "val_fraction": 0.0, "synthetic": {"n_train": 48, "n_test": 12}}
-    prepare_data(cfg, 0, str(d / "im.npy"), str(d / "m.parquet"), str(d / "s.csv"), str(d / "c.json"))
-    return str(d / "im.npy"), str(d / "m.parquet")
+    return synthetic_data(tmp_path_factory.mktemp("data"), image_size=8, n_train=48, n_test=12, noise_rate=0.1, val_fraction=0.0)
 
 
 REPLAY = {
@@ -300,26 +294,9 @@ def test_workflow_functions(data, tmp_path: Path, caplog) -> None:
         assert block.sort_values("rank").train_id.tolist() == row.train_id.head(4).tolist()
 
 
+@pytest.mark.e2e
 def test_dry_run_with_replay_enabled(tmp_path: Path) -> None:
     extra = tmp_path / "replay.yaml"
     extra.write_text("replay: {enabled: true, max_targets: 5, group_size: 2}\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "tests/configs/tiny.yaml"),
-        str(extra),
-        "--cores",
-        "1",
-        "-n",
-        "results/replay/topk.parquet",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    counts = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts.get("replay_train") == "1" and counts.get("replay_targets") == "3" and counts.get("replay_merge") == "1", out.stdout
+    counts = dry_run_jobs(tmp_path, "results/replay/topk.parquet", configfiles=[TINY, extra])
+    assert counts.get("replay_train") == 1 and counts.get("replay_targets") == 3 and counts.get("replay_merge") == 1, counts

@@ -9,8 +9,6 @@ every target's loss as the summed metagradients predict.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -18,13 +16,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, job_counts
+from conftest import REPO, dry_run_jobs, synthetic_data
 from torch import nn
 
 from inflow.core.errors import InflowError
 from inflow.core.io import read_metadata, read_table
 from inflow.core.stats import subset_masks
-from inflow.data.prepare import prepare_data
 from inflow.model.architectures import Classifier
 from inflow.model.losses import inverse_frequency_weights, per_sample_loss
 from inflow.replay import engine as R
@@ -186,10 +183,7 @@ def test_subsets_are_deterministic(tmp_path: Path, data) -> None:
 # -- the workflow functions on tiny images --------------------------------------------------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    cfg = {"source": "synthetic", "image_size": 8, "noise_rate": 0.1, "val_fraction": 0.0, "synthetic": {"n_train": 48, "n_test": 12}}
-    prepare_data(cfg, 0, str(d / "im.npy"), str(d / "m.parquet"), str(d / "s.csv"), str(d / "c.json"))
-    return str(d / "im.npy"), str(d / "m.parquet")
+    return synthetic_data(tmp_path_factory.mktemp("data"), image_size=8, n_train=48, n_test=12, noise_rate=0.1, val_fraction=0.0)
 
 
 REPLAY = {
@@ -273,6 +267,7 @@ def test_workflow_functions(data, tmp_path: Path) -> None:
     assert (tmp_path / "lds.png").stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_dry_run_plans_one_job_per_subset_model_and_alpha(tmp_path: Path) -> None:
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["replay"] = {"enabled": True, "max_targets": 4, "group_size": 2, "lds_models": 3, "lds_alphas": [0.5, 0.9]}
@@ -280,24 +275,7 @@ def test_dry_run_plans_one_job_per_subset_model_and_alpha(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump(config))
 
     def jobs(*targets: str) -> dict[str, int]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(tmp_path),
-            "--configfile",
-            str(path),
-            "--cores",
-            "2",
-            "-n",
-            *targets,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return job_counts(proc.stdout)
+        return dry_run_jobs(tmp_path, *targets, configfiles=[path])
 
     counts = jobs("results/replay/lds.json")
     assert counts == {

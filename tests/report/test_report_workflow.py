@@ -6,25 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import TINY_RUN_ARGS, copy_run, run_snakemake
 
 from inflow.core.io import read_table
 
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
-REPORT_CONFIG = """\
-report:
-  classes: [disk, ring]
-  n_test_samples: 1
-  grid_images: 8
-  grid_columns: 4
-  neighbours: 4
-"""
 FIXED_OUTPUTS = [
     "results/report/influence_report.txt",
     "results/report/tables/misprediction_cross_analysis.csv",
@@ -46,25 +35,8 @@ pytestmark = pytest.mark.e2e
 
 
 def snakemake(workdir: Path, *args: str) -> str:
-    """Run the workflow on the tiny config plus the report settings above; return stdout + stderr."""
-    configs = [str(TINY), str(workdir / "report_config.yaml")]
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        *configs,
-        "--cores",
-        "2",
-        *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    """Snakemake on the tiny config (its `report:` section: classes disk and ring, one test sample); stdout + stderr."""
+    proc = run_snakemake(workdir, *args, *TINY_RUN_ARGS)
     return proc.stdout + proc.stderr
 
 
@@ -76,17 +48,10 @@ def selected_pictures(wd: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A tiny run: one picture targeted alone first, then everything up to the report outputs
-    (the `review_report` rule: no later stages such as cleaning or replay)."""
-    wd = tmp_path_factory.mktemp("report")
-    (wd / "report_config.yaml").write_text(REPORT_CONFIG)
-    snakemake(wd, "results/report/figures/training_curves.png")
-    assert (wd / "results/report/figures/training_curves.png").read_bytes().startswith(PNG_MAGIC)
-    assert not (wd / "results/influence").exists()  # only what that picture needs: data and training
-    snakemake(wd, "review_report")
-    return wd
+@pytest.fixture
+def workdir(tiny_run: Path) -> Path:
+    """The session's finished tiny run: it built one picture alone first (see conftest.tiny_run), then everything."""
+    return tiny_run
 
 
 def test_every_report_output_exists(workdir: Path) -> None:
@@ -103,7 +68,8 @@ def test_every_report_output_exists(workdir: Path) -> None:
     assert (workdir / "logs/report/dashboard.log").exists() and (workdir / "logs/benchmarks/report/dashboard.tsv").exists()
 
 
-def test_any_single_picture_can_be_targeted(workdir: Path) -> None:
+def test_any_single_picture_can_be_targeted(workdir: Path, tmp_path: Path) -> None:
+    workdir = copy_run(workdir, tmp_path / "copy")
     preds = read_table(workdir / "results/predictions/predictions.parquet")
     chosen = set(json.loads((workdir / "results/report/selection.json").read_text())["test_samples"])
     other = int(preds[(preds.split == "test") & ~preds.sample_id.isin(chosen)].sample_id.iloc[0])
@@ -139,10 +105,10 @@ def test_tables_agree_with_the_core_outputs(workdir: Path) -> None:
     assert f"{health.loc['all', 'score_pct']:.1f}% -> {health.loc['all', 'band']}" in text and "net influence > 0" in text
 
 
-def test_report_html_embeds_every_picture(workdir: Path) -> None:
+def test_report_html_embeds_every_picture(workdir: Path, tmp_path: Path) -> None:
     assert "Nothing to be done" in snakemake(workdir, "-n", "review_report")  # the checkpoint does not make later runs rebuild anything
-    snakemake(workdir, "--report", "report.html", "review_report")  # the report of everything up to review_report
-    html = (workdir / "report.html").read_text()
+    snakemake(workdir, "--report", str(tmp_path / "report.html"), "review_report")  # the report of everything up to review_report
+    html = (tmp_path / "report.html").read_text()
     embedded: dict[str, list[bytes]] = {}
     for _mime, name, data in re.findall(r"data:([\w/+.-]+);charset=[^;]*;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html):
         embedded.setdefault(name, []).append(base64.b64decode(data))

@@ -5,30 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import dense_tracin
+from conftest import dense_tracin, run_tiled
 
 from inflow.core.io import read_table
-from inflow.tracin.influence import influence_shard, tile_bounds
+from inflow.tracin.influence import tile_bounds
 from inflow.tracin.self_influence import self_influence
-from inflow.tracin.topk import accumulate_topk, merge_topk, row_topk, tile_topk
-
-
-def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb=1024):
-    tiles = {}
-    for q in range(n_test_tiles):
-        for r in range(n_train_tiles):
-            tile = f"{q}-{r}"
-            shards = []
-            for epoch in lrs:
-                shard = tmp_path / f"shard_{epoch}_{tile}.npy"
-                influence_shard(paths[(epoch, "test")], paths[(epoch, "train")], tile, n_test_tiles, n_train_tiles, str(shard), memory_mb)
-                shards.append(str(shard))
-            tiles[(q, r)] = str(tmp_path / f"tile_{tile}.npz")
-            tile_topk(shards, paths[(max(lrs), "train")], tile, n_train_tiles, k, tiles[(q, r)], memory_mb)
-    accumulate_topk(
-        tiles, paths[(max(lrs), "test")], n_test_tiles, n_train_tiles, k, str(tmp_path / "topk.parquet"), str(tmp_path / "summary.parquet")
-    )
-    return read_table(tmp_path / "topk.parquet"), read_table(tmp_path / "summary.parquet")
+from inflow.tracin.topk import merge_topk, row_topk
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_data
 
 import inflow.train.loop as training
 from inflow.core.errors import InflowError
-from inflow.data.prepare import prepare_data
 from inflow.model.architectures import build_model
 from inflow.model.checkpoints import save_checkpoint
 from inflow.tracin.factors import extract_factors, write_factors
@@ -35,10 +35,7 @@ MODEL = {"arch": "resnet9", "width": 4, "pretrained_weights": None}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    cfg = {"source": "synthetic", "image_size": 16, "noise_rate": 0.0, "val_fraction": 0.2, "synthetic": {"n_train": 60, "n_test": 20}}
-    prepare_data(cfg, 0, str(d / "im.npy"), str(d / "m.parquet"), str(d / "s.csv"), str(d / "c.json"))
-    return str(d / "im.npy"), str(d / "m.parquet")
+    return synthetic_data(tmp_path_factory.mktemp("data"), image_size=16, n_train=60, n_test=20, noise_rate=0.0, val_fraction=0.2)
 
 
 def run_train(data, out, **over):

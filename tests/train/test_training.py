@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import synthetic_data
 
 from inflow.core.errors import InflowError
 from inflow.core.io import read_table, write_json
-from inflow.data.prepare import prepare_data
 from inflow.model.checkpoints import load_checkpoint, read_sidecar
 from inflow.train.loop import train
 
@@ -33,10 +33,7 @@ TRAIN = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    cfg = {"source": "synthetic", "image_size": 16, "noise_rate": 0.1, "val_fraction": 0.2, "synthetic": {"n_train": 120, "n_test": 20}}
-    prepare_data(cfg, 0, str(d / "im.npy"), str(d / "m.parquet"), str(d / "s.csv"), str(d / "c.json"))
-    return str(d / "im.npy"), str(d / "m.parquet")
+    return synthetic_data(tmp_path_factory.mktemp("data"), image_size=16, n_train=120, n_test=20, noise_rate=0.1, val_fraction=0.2)
 
 
 def run_train(data, out, **over):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, dense_tracin, job_counts
+from conftest import REPO, dense_tracin, dry_run_jobs
 from torch.nn import functional as F
 
 from inflow.core.errors import InflowError
@@ -221,39 +219,24 @@ def test_scatter_rows_spread_over_the_correlations() -> None:
     assert scatter_rows(per_test, 0).tolist() == []
 
 
-def dry_run_jobs(workdir: Path, lds_cfg: dict, *targets: str) -> dict[str, int]:
+def lds_dry_run(workdir: Path, lds_cfg: dict, *targets: str) -> dict[str, int]:
     """Rule -> job count of ``snakemake -n`` on the tiny config with the ``lds`` section set."""
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["lds"] = lds_cfg
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(path),
-        "--cores",
-        "2",
-        "-n",
-        *targets,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return job_counts(proc.stdout)
+    return dry_run_jobs(workdir, *targets, configfiles=[path])
 
 
+@pytest.mark.e2e
 def test_dry_run_lds_enabled_adds_one_training_job_per_subset_model(tmp_path) -> None:
-    jobs = dry_run_jobs(tmp_path, {"enabled": True, "n_models": 5, "epochs": 2})
+    jobs = lds_dry_run(tmp_path, {"enabled": True, "n_models": 5, "epochs": 2})
     assert jobs.get("lds_train") == 5 and jobs.get("lds_subsets") == 1 and jobs.get("lds_scores") == 1 and jobs.get("lds") == 1, jobs
     assert jobs.get("train") == 1 and jobs.get("factors") == 4, jobs  # the subset models do not add TracIn work
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.e2e
 def test_dry_run_lds_disabled_adds_nothing(tmp_path) -> None:
-    jobs = dry_run_jobs(tmp_path, {"enabled": False, "n_models": 5})
+    jobs = lds_dry_run(tmp_path, {"enabled": False, "n_models": 5})
     assert jobs and not {"lds_train", "lds_subsets", "lds_scores", "lds"} & set(jobs), jobs

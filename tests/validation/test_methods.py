@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,11 +13,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, job_counts
+from conftest import SCHEMA, TINY, config_errors, dry_run_jobs, run_tiled
 from snakemake.utils import validate
-from test_topk import run_tiled
 
-from inflow.core.config import schema_errors, semantic_errors
 from inflow.core.errors import InflowError
 from inflow.core.io import read_table, write_json, write_table
 from inflow.core.stats import subset_masks
@@ -47,7 +44,6 @@ from inflow.validation.cleanlab_baseline import NOT_INSTALLED, cleanlab_issues, 
 from inflow.validation.comparison import compare_methods
 from inflow.validation.lds import subset_scores
 
-SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 WEIGHTS = inverse_frequency_weights(np.array([0, 0, 1, 2, 2, 2, 3, 4]), 5)
 SMOOTHING = 0.1
 
@@ -304,17 +300,6 @@ def test_ghost_sum_of_one_block_is_ghost_block() -> None:
 # ---- config ----------------------------------------------------------------------------------------
 
 
-def config_errors(over: dict) -> list[str]:
-    cfg = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-    for section, values in over.items():
-        cfg[section] = {**cfg.get(section, {}), **values}
-    lines = schema_errors(cfg, SCHEMA)
-    if lines:
-        return lines
-    validate(cfg, SCHEMA, set_default=True)
-    return semantic_errors(cfg)
-
-
 def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
     cfg: dict = {}
     validate(cfg, SCHEMA, set_default=True)
@@ -343,32 +328,15 @@ def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
 # ---- the comparison stage ----------------------------------------------------------------------------
 
 
-def dry_run_jobs(workdir: Path, over: dict, *targets: str) -> dict[str, int]:
+def methods_dry_run(workdir: Path, over: dict, *targets: str) -> dict[str, int]:
     path = workdir / "over.yaml"
     path.write_text(yaml.safe_dump(over))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(REPO / "tests/configs/tiny.yaml"),
-        str(path),
-        "--cores",
-        "2",
-        "-n",
-        *targets,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return job_counts(proc.stdout)
+    return dry_run_jobs(workdir, *targets, configfiles=[TINY, path])
 
 
+@pytest.mark.e2e
 def test_dry_run_of_the_comparison_plans_every_method_and_baseline(tmp_path) -> None:
-    jobs = dry_run_jobs(tmp_path, {"compare": {"cleanlab_folds": 3}, "lds": {"n_models": 4}}, "results/methods/comparison.csv")
+    jobs = methods_dry_run(tmp_path, {"compare": {"cleanlab_folds": 3}, "lds": {"n_models": 4}}, "results/methods/comparison.csv")
     expected = {
         "method_factors": 3 * 2 * 2,
         "method_self_influence": 3,
@@ -384,7 +352,7 @@ def test_dry_run_of_the_comparison_plans_every_method_and_baseline(tmp_path) -> 
         "factors": 4,
     }
     assert {rule: jobs.get(rule) for rule in expected} == expected, jobs
-    jobs = dry_run_jobs(
+    jobs = methods_dry_run(
         tmp_path, {"compare": {"enabled": True, "methods": ["projection"], "cleanlab_folds": 0}, "factors": {"method": "head_layers"}}
     )
     assert jobs.get("method_factors") == 4 and jobs.get("method_comparison") == 1 and jobs.get("factors") == 4, jobs

@@ -2,38 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
-import sys
 
 import pytest
-import yaml
-from conftest import REPO
-from snakemake.utils import validate
-
-from inflow.core.config import schema_errors, semantic_errors
-
-SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
-TINY_PATH = REPO / "tests" / "configs" / "tiny.yaml"
-TINY = yaml.safe_load(TINY_PATH.read_text())
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def errors_of(over: dict) -> list[str]:
-    """What common.smk reports for the tiny config with ``over`` applied: schema lines, else semantic lines."""
-    cfg = merge(TINY, over)
-    lines = schema_errors(cfg, SCHEMA)
-    if lines:
-        return lines
-    validate(cfg, SCHEMA, set_default=True)
-    return semantic_errors(cfg)
-
+from conftest import REPO, TINY, config_errors, run_snakemake
 
 # (override of tests/configs/tiny.yaml, the one expected line)
 BAD = {
@@ -185,33 +157,33 @@ BAD = {
 
 
 def test_tiny_config_is_clean() -> None:
-    assert errors_of({}) == []
+    assert config_errors({}) == []
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_config_gives_one_line_naming_the_key(case) -> None:
     over, expected = BAD[case]
-    errors = errors_of(over)
+    errors = config_errors(over)
     assert len(errors) == 1, errors
     assert errors[0].startswith(expected), errors[0]
     assert "\n" not in errors[0]
 
 
 def test_sizes_of_disabled_stages_are_not_checked() -> None:
-    assert errors_of({"replay": {"top_k": 300, "batch_size": 221}, "lds": {"scatter_samples": 50}}) == []
+    assert config_errors({"replay": {"top_k": 300, "batch_size": 221}, "lds": {"scatter_samples": 50}}) == []
 
 
 def test_top_k_equal_to_the_training_set_is_fine() -> None:
-    assert errors_of({"influence": {"top_k": 220}}) == []  # tiny: 280 images, 10 classes, 4 test + 2 val + 22 train each
+    assert config_errors({"influence": {"top_k": 220}}) == []  # tiny: 280 images, 10 classes, 4 test + 2 val + 22 train each
 
 
 def test_typo_gets_a_suggestion() -> None:
-    (line,) = errors_of({"train": {"lr_haed": 0.1}})
+    (line,) = config_errors({"train": {"lr_haed": 0.1}})
     assert line.endswith("did you mean 'lr_head' for 'lr_haed'?; remove or rename the unknown key")
 
 
 def test_several_problems_are_listed_together() -> None:
-    lines = errors_of({"train": {"epochs": 0, "bogus": 1}, "influence": {"top_k": -1}})
+    lines = config_errors({"train": {"epochs": 0, "bogus": 1}, "influence": {"top_k": -1}})
     assert [line.split(":")[0] for line in lines] == ["influence.top_k", "train", "train.epochs"]
 
 
@@ -219,29 +191,10 @@ def dry_run(tmp_path, text: str) -> subprocess.CompletedProcess:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     # -n: should a check ever let the config through, nothing runs (the config is validated when the Snakefile is read, as for a real run)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(tmp_path / "run"),
-            "--configfile",
-            str(TINY_PATH),
-            str(cfg),
-            "--cores",
-            "1",
-            "-n",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    return run_snakemake(tmp_path / "run", "-n", configfiles=[TINY, cfg], cores=1, check=False, timeout=300)
 
 
+@pytest.mark.e2e
 def test_workflow_stops_before_any_job(tmp_path) -> None:
     """Through snakemake: schema and semantic problems stop it at start-up, with no traceback into the package."""
     proc = dry_run(tmp_path, "train:\n  epochs: 2.0\n  lr_haed: 0.1\n")

@@ -1,6 +1,7 @@
 """A run killed mid-way resumes to exactly the results of an uninterrupted run; nothing is half-written.
 
-The tiny config runs twice from scratch: once uninterrupted (the reference), once killed with
+The tiny config runs twice from scratch: once uninterrupted (the reference: the session's shared
+run, conftest.tiny_run, with the same one-thread jobs), once killed with
 SIGKILL (snakemake and all its jobs: the whole process group) during training and again
 during the influence shards, then resumed. The two runs' top-k tables and mislabel rankings
 must be identical, which also shows that two runs from scratch with one seed agree on CPU.
@@ -13,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +22,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO
+from conftest import TINY_RUN_ARGS, run_snakemake, snakemake_command
 
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
 # Only what the comparison needs: keeps the test independent of report/replay rules.
 TARGETS = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/mislabel/ranking.parquet"]
 COMPARED = [
@@ -36,29 +35,16 @@ COMPARED = [
 TIMEOUT = 900
 
 
+pytestmark = pytest.mark.e2e
+
+
 def command(workdir: Path, *args: str) -> list[str]:
-    # Same invocation as tests/workflow/test_workflow.py: -s picks up profiles/default (rerun-incomplete) beside the Snakefile.
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(TINY),
-        "--cores",
-        "2",
-        *args,
-    ]
+    """The shared run's invocation (one thread per job), so that the results can be compared bit for bit."""
+    return snakemake_command(workdir, *args, *TINY_RUN_ARGS)
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(command(workdir, *args), capture_output=True, text=True, cwd=workdir, timeout=TIMEOUT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+    return run_snakemake(workdir, *args, *TINY_RUN_ARGS, check=check, timeout=TIMEOUT)
 
 
 def run_until_killed(workdir: Path, ready) -> str:
@@ -122,24 +108,12 @@ def read_results(workdir: Path) -> dict[str, pd.DataFrame]:
     return {rel: pd.read_parquet(workdir / rel) for rel in COMPARED}
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted run from scratch, started in the background so that it runs alongside the
-    killed run (jobs mostly use one core while they start); call the fixture's value for its results."""
-    wd = tmp_path_factory.mktemp("reference")
-    with open(wd / "snakemake.txt", "w") as out:
-        proc = subprocess.Popen(command(wd, *TARGETS), cwd=wd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def results() -> dict:
-            assert proc.wait(timeout=TIMEOUT) == 0, (wd / "snakemake.txt").read_text()[-5000:]
-            res: dict = read_results(wd)
-            res["metrics"] = json.loads((wd / "results/mislabel/mislabel_metrics.json").read_text())
-            return res
-
-        yield results
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+@pytest.fixture
+def reference(tiny_run: Path) -> dict:
+    """The uninterrupted run's results: the session's shared tiny run."""
+    res: dict = read_results(tiny_run)
+    res["metrics"] = json.loads((tiny_run / "results/mislabel/mislabel_metrics.json").read_text())
+    return res
 
 
 def test_killed_runs_resume_to_identical_results(reference, tmp_path) -> None:
@@ -181,7 +155,7 @@ def test_killed_runs_resume_to_identical_results(reference, tmp_path) -> None:
     # Snakemake recorded it as finished is incomplete to Snakemake and reruns too (at most --cores 2 in flight).
     reruns = len(re.findall(r"^\s*(local)?rule influence_shard:", log, re.M))
     assert 8 - len(done_shards) <= reruns <= 8 - len(done_shards) + 2, (reruns, len(done_shards))
-    results, expected = read_results(wd), reference()
+    results, expected = read_results(wd), reference
     for rel in COMPARED:
         pd.testing.assert_frame_equal(results[rel], expected[rel], check_exact=True, obj=rel)
     assert json.loads((wd / "results/mislabel/mislabel_metrics.json").read_text()) == expected["metrics"]

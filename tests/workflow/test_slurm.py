@@ -11,19 +11,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, run_snakemake
 
 from inflow.core.io import read_table
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "tests" / "slurm" / "profile"
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
 HEAVY_RULES = {"prepare_data", "train", "predict", "factors", "influence_shard", "tile_topk", "retrain", "predict_clean"}
 
 pytestmark = pytest.mark.slurm
@@ -52,22 +50,14 @@ def slurm_cluster():
         subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True)
 
 
-def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(TINY), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=1500)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
 def test_dry_run_with_the_cluster_profile_needs_no_slurm(tmp_path) -> None:
-    proc = run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"))
+    proc = run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), cores=None)
     assert "influence_shard" in proc.stdout
 
 
-def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_path) -> None:
+def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny_run, tmp_path) -> None:
     t0 = time.perf_counter()
-    slurm = run_snakemake(tmp_path / "slurm", "--profile", str(PROFILE))
+    slurm = run_snakemake(tmp_path / "slurm", "--profile", str(PROFILE), cores=None)
     wall = time.perf_counter() - t0
     print(f"SLURM run wall time: {wall:.0f}s")
     out = slurm.stdout + slurm.stderr
@@ -85,10 +75,9 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_
         not {"accumulate_topk", "mislabel", "self_influence", "review", "clean_comparison", "dashboard"} & rules_seen
     )  # localrules stayed local
 
-    # the same results as a local run with the same thread counts
-    run_snakemake(tmp_path / "local", "--cores", "2", "--max-threads", "1")
+    # the same results as a local run with the same thread counts (the session's shared run: --max-threads 1)
     for rel in ("results/influence/topk.parquet", "results/influence/self_influence.parquet", "results/mislabel/ranking.parquet"):
-        a, b = read_table(tmp_path / "slurm" / rel), read_table(tmp_path / "local" / rel)
+        a, b = read_table(tmp_path / "slurm" / rel), read_table(tiny_run / rel)
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=rel)
     rel = "results/clean/comparison.csv"  # the retrained models too
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "slurm" / rel), pd.read_csv(tmp_path / "local" / rel), check_exact=True, obj=rel)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,45 +12,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, job_counts
+from conftest import REPO, TINY, TINY_RUN_ARGS, copy_run, job_counts, run_snakemake
 
 from inflow.core.io import read_table
 from inflow.tracin.factors import read_factors
 
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
 CKPTS = (2, 3)
+
+pytestmark = pytest.mark.e2e
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, configfile: Path = TINY) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        "--cores",
-        "2",
-        *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+    return run_snakemake(workdir, *args, *TINY_RUN_ARGS, configfiles=[configfile], check=check)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A finished tiny run: one targeted file first, then the rest of the DAG."""
-    wd = tmp_path_factory.mktemp("run")
-    snakemake(wd, "results/factors/epoch_2/test.parquet")
-    assert (wd / "results/factors/epoch_2/test.parquet").exists()
-    assert not (wd / "results/influence").exists()  # only what that one target needs
-    snakemake(wd)
-    return wd
+@pytest.fixture
+def workdir(tiny_run: Path) -> Path:
+    """The session's finished tiny run (read-only; planned_jobs works on a copy)."""
+    return tiny_run
 
 
 def test_dry_run_shows_the_dag(tmp_path) -> None:
@@ -135,8 +113,7 @@ def planned_jobs(workdir: Path, tmp_path: Path, edit: Callable[[Path], None] | N
 
     ``edit(copy)`` may change files of the copied run first, as a user would.
     """
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy, symlinks=True)  # copy2 keeps mtimes, .snakemake keeps the params record
+    copy = copy_run(workdir, tmp_path / "copy")  # mtimes and .snakemake's params record kept
     if edit is not None:
         edit(copy)
     config = yaml.safe_load(TINY.read_text())
