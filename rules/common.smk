@@ -5,7 +5,7 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.core.config import canonical, schema_errors, semantic_errors
+from inflow.workflow.config import canonical, schema_errors, semantic_errors
 
 # One line per problem, naming the key, before any job runs; then fill in the schema defaults.
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))

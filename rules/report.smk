@@ -2,6 +2,30 @@
 # results/report/, each its own rule (target one file alone). `snakemake --report report.html`
 # assembles every output flagged with report() into one self-contained HTML file.
 
+# Defaults of every report rule: a small local job (below), one thread, these resources (doubled
+# per retry attempt), its log under logs/report/ and its benchmark under logs/benchmarks/report/.
+REPORT_RESOURCES = {"mem_mb": scaled(2000), "runtime": scaled(10)}  # tables and pictures
+REPORT_RESOURCES_SMALL = {"mem_mb": scaled(1000), "runtime": scaled(5)}  # selection, text, curves
+
+
+localrules:
+    report_selection,
+    misprediction_cross_analysis,
+    influential_training,
+    class_influence,
+    influence_stats,
+    health_score,
+    influence_report,
+    dashboard,
+    training_curves,
+    class_dashboard,
+    class_influence_heatmap,
+    grid_mispredictions,
+    grid_test_sample,
+    grid_influential,
+    grid_mislabel_candidates,
+    review_report,
+
 
 checkpoint report_selection:
     input:
@@ -14,13 +38,11 @@ checkpoint report_selection:
         "logs/report/report_selection.log",
     benchmark:
         "logs/benchmarks/report/report_selection.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(1000),
-        runtime=scaled(5),
+        **REPORT_RESOURCES_SMALL,
     params:
         report=config["report"],
     script:
@@ -51,13 +73,11 @@ rule misprediction_cross_analysis:
         "logs/report/misprediction_cross_analysis.log",
     benchmark:
         "logs/benchmarks/report/misprediction_cross_analysis.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     script:
         "../workflow_scripts/misprediction_cross_analysis.py"
 
@@ -79,13 +99,11 @@ rule influential_training:
         "logs/report/influential_training.log",
     benchmark:
         "logs/benchmarks/report/influential_training.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     script:
         "../workflow_scripts/influential_training.py"
 
@@ -107,13 +125,11 @@ rule class_influence:
         "logs/report/class_influence.log",
     benchmark:
         "logs/benchmarks/report/class_influence.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     script:
         "../workflow_scripts/class_influence.py"
 
@@ -137,13 +153,11 @@ rule influence_stats:
         "logs/report/influence_stats.log",
     benchmark:
         "logs/benchmarks/report/influence_stats.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     script:
         "../workflow_scripts/influence_stats.py"
 
@@ -165,13 +179,11 @@ rule health_score:
         "logs/report/health_score.log",
     benchmark:
         "logs/benchmarks/report/health_score.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(1000),
-        runtime=scaled(5),
+        **REPORT_RESOURCES_SMALL,
     script:
         "../workflow_scripts/health_score.py"
 
@@ -197,13 +209,11 @@ rule influence_report:
         "logs/report/influence_report.log",
     benchmark:
         "logs/benchmarks/report/influence_report.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(1000),
-        runtime=scaled(5),
+        **REPORT_RESOURCES_SMALL,
     script:
         "../workflow_scripts/influence_report.py"
 
@@ -229,13 +239,11 @@ rule dashboard:
         "logs/report/dashboard.log",
     benchmark:
         "logs/benchmarks/report/dashboard.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     script:
         "../workflow_scripts/dashboard.py"
 
@@ -254,13 +262,11 @@ rule training_curves:
         "logs/report/training_curves.log",
     benchmark:
         "logs/benchmarks/report/training_curves.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(1000),
-        runtime=scaled(5),
+        **REPORT_RESOURCES_SMALL,
     script:
         "../workflow_scripts/training_curves.py"
 
@@ -286,13 +292,11 @@ rule class_dashboard:
         "logs/benchmarks/report/class_dashboard/{cls}.tsv"
     wildcard_constraints:
         cls=r"[^/]+",
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     script:
         "../workflow_scripts/class_dashboard.py"
 
@@ -312,13 +316,11 @@ rule class_influence_heatmap:
         "logs/report/class_influence_heatmap.log",
     benchmark:
         "logs/benchmarks/report/class_influence_heatmap.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(1000),
-        runtime=scaled(5),
+        **REPORT_RESOURCES_SMALL,
     script:
         "../workflow_scripts/class_influence_heatmap.py"
 
@@ -339,13 +341,11 @@ rule grid_mispredictions:
         "logs/report/grid_mispredictions.log",
     benchmark:
         "logs/benchmarks/report/grid_mispredictions.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     params:
         n=config["report"]["grid_images"],
         ncols=config["report"]["grid_columns"],
@@ -372,13 +372,11 @@ rule grid_test_sample:
         "logs/benchmarks/report/grid_test_sample/test_{test_id}.tsv"
     wildcard_constraints:
         test_id=r"\d+",
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     params:
         n=config["report"]["neighbours"],
     script:
@@ -402,13 +400,11 @@ rule grid_influential:
         "logs/report/grid_influential.log",
     benchmark:
         "logs/benchmarks/report/grid_influential.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     params:
         n=config["report"]["neighbours"],
     script:
@@ -432,13 +428,11 @@ rule grid_mislabel_candidates:
         "logs/report/grid_mislabel_candidates.log",
     benchmark:
         "logs/benchmarks/report/grid_mislabel_candidates.tsv"
-    localrule: True
     conda:
         "../envs/inflow.yaml"
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=scaled(10),
+        **REPORT_RESOURCES,
     params:
         n=config["report"]["grid_images"],
         ncols=config["report"]["grid_columns"],
@@ -452,4 +446,3 @@ rule review_report:
         REPORT_OUTPUTS,
         class_dashboards,
         test_sample_grids,
-    localrule: True

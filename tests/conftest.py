@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import yaml
 
-from inflow.core.config import schema_errors, semantic_errors
 from inflow.core.io import read_table
 from inflow.data.prepare import prepare_data
 from inflow.tracin.factors import write_factors
 from inflow.tracin.influence import influence_shard
 from inflow.tracin.topk import accumulate_topk, tile_topk
+from inflow.workflow.config import schema_errors, semantic_errors
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -100,6 +100,12 @@ def synthetic_data(folder: Path, image_size: int, n_train: int, n_test: int, noi
     images, manifest = str(folder / "images.npy"), str(folder / "manifest.parquet")
     prepare_data(cfg, 0, images, manifest, str(folder / "skipped.csv"), str(folder / "classes.json"))
     return images, manifest
+
+
+@pytest.fixture(scope="session")
+def images_8px(tmp_path_factory) -> tuple[str, str]:
+    """(images.npy, manifest.parquet): 48 training and 12 test images of 8 x 8 pixels, 10% labels flipped (read-only)."""
+    return synthetic_data(tmp_path_factory.mktemp("images_8px"), image_size=8, n_train=48, n_test=12, noise_rate=0.1, val_fraction=0.0)
 
 
 # One thread per job: the results then equal a SLURM run's (tests/slurm/profile sets max-threads 1)

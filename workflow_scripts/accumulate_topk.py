@@ -1,6 +1,6 @@
-from inflow.core.smk import run
 from inflow.tracin.influence import parse_tile
 from inflow.tracin.topk import accumulate_topk
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.report.plots import write_class_dashboard
+from inflow.workflow.smk import run
 
 run(
     snakemake,

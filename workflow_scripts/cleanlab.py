@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.validation.cleanlab_baseline import cleanlab_issues
+from inflow.workflow.smk import run
 
 run(
     snakemake,

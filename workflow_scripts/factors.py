@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.tracin.factors import extract_factors
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.report.grids import write_influential_grid
+from inflow.workflow.smk import run
 
 run(
     snakemake,

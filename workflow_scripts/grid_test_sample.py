@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.report.grids import write_test_sample_grid
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.report.tables import write_health
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.tracin.influence import influence_shard
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.validation.lds import subset_scores
+from inflow.workflow.smk import run
 
 run(
     snakemake,

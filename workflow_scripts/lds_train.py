@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.validation.lds import train_subset_model
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.validation.comparison import compare_methods
+from inflow.workflow.smk import run
 
 run(
     snakemake,

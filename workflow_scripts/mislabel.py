@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.mislabel.ranking import rank_mislabels
+from inflow.workflow.smk import run
 
 run(
     snakemake,

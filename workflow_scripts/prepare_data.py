@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.data.prepare import prepare_data
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.replay.lds import write_replay_lds
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.replay.tracin import tracin_scores
+from inflow.workflow.smk import run
 
 run(
     snakemake,

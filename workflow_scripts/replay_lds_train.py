@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.replay.lds import train_subset
+from inflow.workflow.smk import run
 
 run(
     snakemake,

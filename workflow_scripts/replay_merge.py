@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.replay.jobs import merge_replay
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,5 +1,5 @@
 from inflow.cleaning.review import write_review
-from inflow.core.smk import run
+from inflow.workflow.smk import run
 
 run(
     snakemake,

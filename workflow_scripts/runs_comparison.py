@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.runs.comparison import compare_runs
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -1,4 +1,4 @@
-from inflow.core.smk import run
 from inflow.tracin.self_influence import self_influence
+from inflow.workflow.smk import run
 
 run(snakemake, self_influence, train_factor_paths=list(snakemake.input), out_path=snakemake.output[0])

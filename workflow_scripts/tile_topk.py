@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.tracin.topk import tile_topk
+from inflow.workflow.smk import run
 
 run(
     snakemake,

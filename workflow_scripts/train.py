@@ -1,5 +1,5 @@
-from inflow.core.smk import run
 from inflow.train.loop import train
+from inflow.workflow.smk import run
 
 run(
     snakemake,

@@ -12,11 +12,11 @@ import pytest
 from conftest import REPO, run_snakemake
 from PIL import Image
 
-from inflow.core.config import semantic_errors
 from inflow.core.errors import InflowError
 from inflow.core.io import read_table
 from inflow.data.imagefolder import load_image
 from inflow.data.prepare import prepare_data
+from inflow.workflow.config import semantic_errors
 
 EXTS = [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"]
 CLASSES = ("cat", "dog", "horse")

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, dry_run_jobs, synthetic_data
+from conftest import TINY, dry_run_jobs
+from replay_cases import REPLAY_SGD as REPLAY
 from torch import nn
 
 from inflow.core.io import read_metadata, read_table
@@ -227,41 +228,13 @@ def test_schedule_and_target_selection() -> None:
     assert select_targets(preds, "test", 3, 2).group.tolist() == [0, 0, 1]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return synthetic_data(tmp_path_factory.mktemp("data"), image_size=8, n_train=48, n_test=12, noise_rate=0.1, val_fraction=0.0)
-
-
-REPLAY = {
-    "enabled": True,
-    "optimizer": "sgd",
-    "betas": [0.9, 0.999],
-    "eps": 1e-8,
-    "targets": "test",
-    "max_targets": 3,
-    "group_size": 2,
-    "objective": "loss",
-    "epochs": 2,
-    "batch_size": 16,
-    "lr": 0.05,
-    "lr_schedule": "triangular",
-    "lr_peak_fraction": 0.25,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 5e-4,
-    "augment": True,
-    "checkpoint_every": 2,
-    "top_k": 4,
-}
-
-
-def test_workflow_functions(data, tmp_path: Path, caplog) -> None:
+def test_workflow_functions(images_8px, tmp_path: Path, caplog) -> None:
     """replay_train -> replay_targets per group (one empty) -> replay_merge: tables, sign, exact top-k."""
     torch.set_num_threads(1)
     model = {"arch": "resnet9", "width": 2, "pretrained_weights": None}
     with caplog.at_level(logging.WARNING, logger="inflow.replay.jobs"):
         train_replay(
-            *data,
+            *images_8px,
             model,
             {"class_weights": True, "label_smoothing": 0.1},
             REPLAY,
@@ -276,11 +249,11 @@ def test_workflow_functions(data, tmp_path: Path, caplog) -> None:
     )  # a run that may not be smooth is named
     targets = read_table(tmp_path / "targets.parquet")
     assert targets.group.tolist() == [0, 0, 1]
-    n_train = int((read_table(data[1]).split == "train").sum())
+    n_train = int((read_table(images_8px[1]).split == "train").sum())
     assert len(read_table(tmp_path / "metrics.parquet")) == 2 * math.ceil(n_train / 16)
     groups = [str(tmp_path / f"g{g}.parquet") for g in range(3)]
     for g, path in enumerate(groups):
-        replay_targets(*data, str(tmp_path / "states.pt"), str(tmp_path / "targets.parquet"), g, "loss", "cpu", path)
+        replay_targets(*images_8px, str(tmp_path / "states.pt"), str(tmp_path / "targets.parquet"), g, "loss", "cpu", path)
     assert len(read_table(groups[2])) == 0
     meta = read_metadata(groups[0])
     assert meta["recompute_drift"] == 0.0 and meta["ratio_per_target"] > 0 and meta["peak_rss_mb"] > 0

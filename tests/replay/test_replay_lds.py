@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, dry_run_jobs, synthetic_data
+from conftest import REPO, dry_run_jobs
+from replay_cases import REPLAY_SGD
 from torch import nn
 
 from inflow.core.errors import InflowError
@@ -166,8 +167,8 @@ def test_tracin_against_brute_force(smooth) -> None:
     torch.testing.assert_close(ghost, 0.5 * g_t[:, last] @ g_r[:, last].T, rtol=1e-4, atol=1e-6)  # float32 factors
 
 
-def test_subsets_are_deterministic(tmp_path: Path, data) -> None:
-    manifest = data[1]
+def test_subsets_are_deterministic(tmp_path: Path, images_8px) -> None:
+    manifest = images_8px[1]
     n = int((read_table(manifest).split == "train").sum())
     write_subsets(manifest, 5, 0.9, 3, str(tmp_path / "a.parquet"))
     write_subsets(manifest, 5, 0.9, 3, str(tmp_path / "b.parquet"))
@@ -181,61 +182,44 @@ def test_subsets_are_deterministic(tmp_path: Path, data) -> None:
 
 
 # -- the workflow functions on tiny images --------------------------------------------------------
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return synthetic_data(tmp_path_factory.mktemp("data"), image_size=8, n_train=48, n_test=12, noise_rate=0.1, val_fraction=0.0)
+REPLAY = {**REPLAY_SGD, "optimizer": "adamw", "lr": 1e-3, "lr_schedule": "constant"}
 
 
-REPLAY = {
-    "enabled": True,
-    "optimizer": "adamw",
-    "betas": [0.9, 0.999],
-    "eps": 1e-8,
-    "targets": "test",
-    "max_targets": 3,
-    "group_size": 2,
-    "objective": "loss",
-    "epochs": 2,
-    "batch_size": 16,
-    "lr": 1e-3,
-    "lr_schedule": "constant",
-    "lr_peak_fraction": 0.25,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 5e-4,
-    "augment": True,
-    "checkpoint_every": 2,
-    "top_k": 4,
-}
-
-
-def test_workflow_functions(data, tmp_path: Path) -> None:
+def test_workflow_functions(images_8px, tmp_path: Path) -> None:
     """replay_train/targets/merge -> subsets, subset models, TracIn -> lds.json, per-target table, picture; signs and reproduction."""
     model = {"arch": "resnet9", "width": 2, "pretrained_weights": None}
     states, targets = str(tmp_path / "states.pt"), str(tmp_path / "targets.parquet")
     train_replay(
-        *data, model, {"class_weights": True, "label_smoothing": 0.1}, REPLAY, 0, "cpu", states, targets, str(tmp_path / "metrics.parquet")
+        *images_8px,
+        model,
+        {"class_weights": True, "label_smoothing": 0.1},
+        REPLAY,
+        0,
+        "cpu",
+        states,
+        targets,
+        str(tmp_path / "metrics.parquet"),
     )
     groups = [str(tmp_path / f"g{g}.parquet") for g in range(2)]
     for g, path in enumerate(groups):
-        replay_targets(*data, states, targets, g, "loss", "cpu", path)
+        replay_targets(*images_8px, states, targets, g, "loss", "cpu", path)
     merge_replay(groups, 4, str(tmp_path / "scores.parquet"), str(tmp_path / "topk.parquet"), str(tmp_path / "summary.json"))
-    tracin_scores(*data, states, targets, "loss", ["last_layer", "all_params"], "cpu", str(tmp_path / "tracin.parquet"))
+    tracin_scores(*images_8px, states, targets, "loss", ["last_layer", "all_params"], "cpu", str(tmp_path / "tracin.parquet"))
     tracin = read_table(tmp_path / "tracin.parquet")
     assert (
         list(tracin.columns) == ["test_id", "train_id", "last_layer", "all_params"]
         and np.isfinite(tracin[["last_layer", "all_params"]]).all().all()
     )
-    n = int((read_table(data[1]).split == "train").sum())
+    n = int((read_table(images_8px[1]).split == "train").sum())
     assert read_metadata(tmp_path / "tracin.parquet")["steps"] == [-(-n // 16), 2 * -(-n // 16)]  # the epoch ends
 
     subsets, outputs = [], []
     for alpha in (0.5, 0.96):
         subsets.append(str(tmp_path / f"subsets_{alpha}.parquet"))
-        write_subsets(data[1], 3, alpha, 0, subsets[-1])
+        write_subsets(images_8px[1], 3, alpha, 0, subsets[-1])
         for m in range(3):
             outputs.append(str(tmp_path / f"model_{alpha}_{m}.parquet"))
-            train_subset(*data, states, targets, subsets[-1], m, "loss", "cpu", outputs[-1])
+            train_subset(*images_8px, states, targets, subsets[-1], m, "loss", "cpu", outputs[-1])
     out = read_table(outputs[0])
     assert list(out.columns) == ["alpha", "model", "test_id", "value", "measured"] and np.allclose(out.measured, -out.value)
     assert out.test_id.tolist() == read_table(targets).test_id.tolist() and read_metadata(outputs[0])["n_kept"] == round(0.5 * n)
@@ -294,7 +278,7 @@ def test_dry_run_plans_one_job_per_subset_model_and_alpha(tmp_path: Path) -> Non
 
 
 def test_config_checks_replay_lds_sizes() -> None:
-    from inflow.core.config import semantic_errors
+    from inflow.workflow.config import semantic_errors
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["dataset"]["synthetic"]["n_train"] = 100  # 90 training images

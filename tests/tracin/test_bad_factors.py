@@ -365,31 +365,22 @@ def test_tables_of_another_run_stop_mislabel(run, tmp_path, tables, name, change
 
 def test_images_that_do_not_match_the_manifest_stop(run, tmp_path) -> None:
     np.save(tmp_path / "few.npy", np.load(run / "images.npy")[:10])
-    with pytest.raises(InflowError, match=r"few.npy: has 10 images but the manifest refers to row \d+; rerun prepare_data"):
-        extract_factors(
-            str(tmp_path / "few.npy"),
-            str(run / "manifest.parquet"),
-            str(run / "epoch_1.pt"),
-            str(run / "epoch_1.json"),
-            "train",
-            LOSS,
-            True,
-            64,
-            "cpu",
-            str(tmp_path / "out.parquet"),
-        )
     np.save(tmp_path / "gray.npy", np.zeros((200, 16, 16), np.uint8))
-    with pytest.raises(InflowError, match=r"gray.npy: expected \(n, size, size, 3\) uint8 images, found uint8\(200, 16, 16\)"):
-        extract_factors(
-            str(tmp_path / "gray.npy"),
-            str(run / "manifest.parquet"),
-            str(run / "epoch_1.pt"),
-            str(run / "epoch_1.json"),
-            "train",
-            LOSS,
-            True,
-            64,
-            "cpu",
-            str(tmp_path / "out.parquet"),
-        )
+    for images, message in [
+        ("few.npy", r"few.npy: has 10 images but the manifest refers to row \d+; rerun prepare_data"),
+        ("gray.npy", r"gray.npy: expected \(n, size, size, 3\) uint8 images, found uint8\(200, 16, 16\)"),
+    ]:
+        with pytest.raises(InflowError, match=message):
+            extract_factors(
+                str(tmp_path / images),
+                str(run / "manifest.parquet"),
+                str(run / "epoch_1.pt"),
+                str(run / "epoch_1.json"),
+                "train",
+                LOSS,
+                True,
+                64,
+                "cpu",
+                str(tmp_path / "out.parquet"),
+            )
     assert no_output(tmp_path / "out.parquet")

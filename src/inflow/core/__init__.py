@@ -1,1 +1,1 @@
-"""Shared ground floor: errors, atomic file I/O, progress, figures, statistics, config checks, rule-script glue."""
+"""Shared ground floor: errors, atomic file I/O, progress, figures, statistics."""

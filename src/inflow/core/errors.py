@@ -5,5 +5,5 @@ class InflowError(Exception):
     """A problem with the user's input (config, data, files) that the user can fix.
 
     The message is one line that names the file or config key and says what to do.
-    Workflow scripts print it without a traceback (see :mod:`inflow.core.smk`).
+    Workflow scripts print it without a traceback (see :mod:`inflow.workflow.smk`).
     """

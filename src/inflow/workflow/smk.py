@@ -2,7 +2,7 @@
 
 Each workflow script is::
 
-    from inflow.core.smk import run
+    from inflow.workflow.smk import run
     from inflow.train.loop import train_from_files
     run(snakemake, train_from_files, ...)
 

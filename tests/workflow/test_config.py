@@ -10,7 +10,7 @@ from conftest import REPO, run_snakemake
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.core.config import schema_errors, semantic_errors
+from inflow.workflow.config import schema_errors, semantic_errors
 
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 
