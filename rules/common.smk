@@ -56,14 +56,66 @@ def checkpoint_paths(ext, root="results"):
     return expand(f"{root}/train/checkpoints/epoch_{{ckpt}}.{{ext}}", ckpt=CKPTS, ext=ext, allow_missing=True)
 
 
+# influence.ensemble: the main run's influence is the sum over every run of runs.seeds (TRAK's
+# ensembling), so its top-k, self-influence and LDS scores are those of the ensemble; the extra
+# runs' own results stay single-run.
+ENSEMBLE = config["influence"]["ensemble"] and bool(EXTRA_SEEDS)
+
+
+def influence_roots(wildcards=None):
+    """The run folders whose influence a job adds up: its own, or every run's for the main run of an ensemble."""
+    root = run_root(wildcards)
+    return ["results"] + [RUN_ROOT.format(run_seed=s) for s in EXTRA_SEEDS] if ENSEMBLE and root == "results" else [root]
+
+
+def ensemble_labels(wildcards=None):
+    """The runs of an ensemble job's inputs ("" for the main run, runs/seed_<s>), or None for a single run."""
+    roots = influence_roots(wildcards)
+    return [root.removeprefix("results").strip("/") for root in roots] if len(roots) > 1 else None
+
+
 def shards_of_tile(wildcards):
-    """The per-checkpoint dense shards that sum to one tile's total influence."""
-    return expand(f"{run_root(wildcards)}/influence/shards/epoch_{{ckpt}}/tile_{{tile}}.npy", ckpt=CKPTS, tile=wildcards.tile)
+    """The per-checkpoint dense shards (of every run of an ensemble) that sum to one tile's total influence."""
+    return [
+        path
+        for root in influence_roots(wildcards)
+        for path in expand(f"{root}/influence/shards/epoch_{{ckpt}}/tile_{{tile}}.npy", ckpt=CKPTS, tile=wildcards.tile)
+    ]
 
 
 def tile_topk_files(wildcards=None):
     """Every tile's top-k candidates, in tile order."""
     return expand(f"{run_root(wildcards)}/influence/tiles/tile_{{tile}}.npz", tile=TILES)
+
+
+PRECONDITIONER = config["influence"]["preconditioner"]
+SIDES = ["left", "right"]
+
+
+def influence_factor_path(split, side, root="results"):
+    """The factor file (pattern over {ckpt}) that influence reads for ``split``.
+
+    Without a preconditioner, the factors themselves. With one, influence is
+    ``<left(test), right(train)>`` summed over blocks: ``left`` applies the inverse curvature,
+    ``right`` is the plain factors (kfac, gram) or their rotation (ekfac), see
+    inflow.tracin.curvature; both come from rule precondition.
+    """
+    plain = f"{root}/factors/epoch_{{ckpt}}/{split}.parquet"
+    if PRECONDITIONER == "none" or (side == "right" and PRECONDITIONER != "ekfac"):
+        return plain
+    return f"{root}/curvature/epoch_{{ckpt}}/{split}_{side}.parquet"
+
+
+def influence_factor_files(split, side):
+    """Input function: :func:`influence_factor_path` of every checkpoint, epoch order, run by run for an
+    ensemble ([] for the train left side without a preconditioner)."""
+
+    def paths(wildcards):
+        if side == "left" and split == "train" and PRECONDITIONER == "none":
+            return []
+        return [path for root in influence_roots(wildcards) for path in expand(influence_factor_path(split, side, root), ckpt=CKPTS)]
+
+    return paths
 
 
 def train_factor_files(wildcards=None):
@@ -255,11 +307,6 @@ def lds_outputs():
 def lds_model_outputs(wildcards=None):
     """Every subset model's outputs on the test samples, model order."""
     return expand("results/lds/models/model_{model}/test_outputs.parquet", model=LDS_MODELS)
-
-
-def lds_factor_files(split):
-    """Factor files of ``split`` at every checkpoint, epoch order (summed TracIn adds them up)."""
-    return expand("results/factors/epoch_{ckpt}/{split}.parquet", ckpt=CKPTS, split=split)
 
 
 def lds_train_settings():

@@ -1,7 +1,7 @@
 rule influence_shard:
     input:
-        test="results/factors/epoch_{ckpt}/test.parquet",
-        train="results/factors/epoch_{ckpt}/train.parquet",
+        test=influence_factor_path("test", "left"),
+        train=influence_factor_path("train", "right"),
     output:
         temp("results/influence/shards/epoch_{ckpt}/tile_{tile}.npy"),
     log:
@@ -78,7 +78,8 @@ rule accumulate_topk:
 
 rule self_influence:
     input:
-        train_factor_files,
+        right=influence_factor_files("train", "right"),
+        left=influence_factor_files("train", "left"),
     output:
         ensure("results/influence/self_influence.parquet", non_empty=True),
     log:
@@ -92,5 +93,7 @@ rule self_influence:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    params:
+        runs=lambda wildcards: ensemble_labels(wildcards),
     script:
         "../workflow_scripts/self_influence.py"

@@ -62,8 +62,8 @@ rule lds_train:
 
 rule lds_scores:
     input:
-        test=lds_factor_files("test"),
-        train=lds_factor_files("train"),
+        test=influence_factor_files("test", "left"),
+        train=influence_factor_files("train", "right"),
         subsets="results/lds/subsets.parquet",
     output:
         ensure("results/lds/scores.parquet", non_empty=True),

@@ -46,10 +46,33 @@ use rule factors as run_factors with:
         "logs/benchmarks/runs/seed_{run_seed}/factors/epoch_{ckpt}_{split}.tsv"
 
 
+use rule curvature as run_curvature with:
+    input:
+        f"{RUN_ROOT}/factors/epoch_{{ckpt}}/train.parquet",
+    output:
+        ensure(f"{RUN_ROOT}/curvature/epoch_{{ckpt}}.npz", non_empty=True),
+    log:
+        "logs/runs/seed_{run_seed}/curvature/epoch_{ckpt}.log",
+    benchmark:
+        "logs/benchmarks/runs/seed_{run_seed}/curvature/epoch_{ckpt}.tsv"
+
+
+use rule precondition as run_precondition with:
+    input:
+        factors=f"{RUN_ROOT}/factors/epoch_{{ckpt}}/{{split}}.parquet",
+        curvature=f"{RUN_ROOT}/curvature/epoch_{{ckpt}}.npz",
+    output:
+        ensure(f"{RUN_ROOT}/curvature/epoch_{{ckpt}}/{{split}}_{{side}}.parquet", non_empty=True),
+    log:
+        "logs/runs/seed_{run_seed}/precondition/epoch_{ckpt}_{split}_{side}.log",
+    benchmark:
+        "logs/benchmarks/runs/seed_{run_seed}/precondition/epoch_{ckpt}_{split}_{side}.tsv"
+
+
 use rule influence_shard as run_influence_shard with:
     input:
-        test=f"{RUN_ROOT}/factors/epoch_{{ckpt}}/test.parquet",
-        train=f"{RUN_ROOT}/factors/epoch_{{ckpt}}/train.parquet",
+        test=influence_factor_path("test", "left", RUN_ROOT),
+        train=influence_factor_path("train", "right", RUN_ROOT),
     output:
         temp(f"{RUN_ROOT}/influence/shards/epoch_{{ckpt}}/tile_{{tile}}.npy"),
     log:

@@ -149,6 +149,22 @@ BAD = {
         {"runs": {"seeds": [0]}},
         "runs.seeds: [0] lists only the main run's seed (0); add other seeds to compare runs, or leave it empty",
     ),
+    "K-FAC on projected gradients": (
+        {"influence": {"preconditioner": "kfac"}, "factors": {"method": "projection"}},
+        "influence.preconditioner=kfac needs layer factors, not factors.method=projection; use gram, or factors.method last_layer / head_layers",
+    ),
+    "Gram on layer factors": (
+        {"influence": {"preconditioner": "gram"}},
+        "influence.preconditioner=gram preconditions projected gradients, not factors.method=last_layer; use kfac or ekfac, or factors.method: projection",
+    ),
+    "ensemble of one run": (
+        {"influence": {"ensemble": True}},
+        "influence.ensemble: true needs other runs to add up; list their seeds in runs.seeds (e.g. [0, 1, 2, 3, 4])",
+    ),
+    "unknown preconditioner": (
+        {"influence": {"preconditioner": "fisher"}},
+        "influence.preconditioner: 'fisher' is not one of",
+    ),
     "pretrained weights missing": (
         {"model": {"pretrained_weights": "/models/nope.pth"}},
         "model.pretrained_weights: /models/nope.pth does not exist; give a local .pth file or null",

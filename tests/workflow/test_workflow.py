@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY, TINY_RUN_ARGS, copy_run, job_counts, run_snakemake
+from conftest import REPO, TINY, TINY_RUN_ARGS, copy_run, job_counts, merge, run_snakemake
 
 from inflow.core.io import read_table
 from inflow.tracin.factors import read_factors
@@ -216,3 +216,48 @@ def test_two_seeds_train_one_more_run_and_compare(workdir: Path, tmp_path: Path)
     influential = pd.read_csv(out / "recurring_influential.csv")
     assert influential.n_runs.max() <= 2 and influential.groupby("n_runs").size().sum() <= 2 * 50
     assert (out / "comparison.png").stat().st_size > 0 and (run / "logs/runs/seed_1/train.log").stat().st_size > 0
+
+
+def test_preconditioner_adds_curvature_jobs_and_reuses_factors(workdir: Path, tmp_path: Path) -> None:
+    jobs = planned_jobs(workdir, tmp_path, influence={"preconditioner": "kfac"})
+    # one curvature per checkpoint; the preconditioned test side and train side (for self-influence) per checkpoint
+    assert jobs.get("curvature") == 2 and jobs.get("precondition") == 4 and jobs.get("influence_shard") == 8, jobs
+    assert {"tile_topk", "accumulate_topk", "self_influence", "mislabel"} <= set(jobs), jobs
+    assert not {"prepare_data", "train", "predict", "factors"} & set(jobs), jobs
+
+
+def kfac_dense(run: Path, ckpt: int, damping: float) -> np.ndarray:
+    """lr (a_t^T A_d^-1 a_r)(e_t^T S_d^-1 e_r), (n_test, n_train) float64, straight from a run's factor files."""
+    _, a_q, e_q, meta = read_factors(str(run / f"factors/epoch_{ckpt}/test.parquet"))
+    _, a_r, e_r, _ = read_factors(str(run / f"factors/epoch_{ckpt}/train.parquet"))
+    a_q, e_q, a_r, e_r = (x.astype(np.float64) for x in (a_q, e_q, a_r, e_r))
+
+    def damped_inverse(x: np.ndarray) -> np.ndarray:
+        cov = x.T @ x / len(x)
+        return np.linalg.inv(cov + damping * np.linalg.eigvalsh(cov).clip(0).mean() * np.eye(len(cov)))
+
+    return meta["tracin_lr"] * (a_q @ damped_inverse(a_r) @ a_r.T) * (e_q @ damped_inverse(e_r) @ e_r.T)
+
+
+def test_ensemble_of_two_runs_with_kfac_has_the_exact_top_k_of_the_summed_influence(workdir: Path, tmp_path: Path) -> None:
+    """influence.ensemble with runs.seeds [0, 1] and K-FAC: the main top-k is the top-k of both runs' summed
+    preconditioned influence; the self-influence sums both runs' g^T H^-1 g."""
+    run = copy_run(workdir, tmp_path / "copy")
+    config = merge(yaml.safe_load(TINY.read_text()), {"influence": {"preconditioner": "kfac", "ensemble": True}, "runs": {"seeds": [0, 1]}})
+    (tmp_path / "ensemble.yaml").write_text(yaml.safe_dump(config))
+    targets = ("results/influence/topk.parquet", "results/influence/self_influence.parquet")
+    snakemake(run, *targets, configfile=tmp_path / "ensemble.yaml")
+    damping = yaml.safe_load((REPO / "config.yaml").read_text())["influence"]["damping"]  # the default: tiny.yaml does not set it
+    roots = (run / "results", run / "results/runs/seed_1")
+    dense = sum(kfac_dense(root, c, damping) for root in roots for c in CKPTS)
+    topk = read_table(run / targets[0])
+    k = int(topk["rank"].max())
+    pro = topk[topk.kind == "proponent"].sort_values(["test_id", "rank"])
+    r_ids = read_factors(str(run / "results/factors/epoch_3/train.parquet"))[0]
+    np.testing.assert_array_equal(pro.train_id.to_numpy().reshape(-1, k), r_ids[np.argsort(-dense, axis=1)[:, :k]])
+    np.testing.assert_allclose(pro.influence.to_numpy().reshape(-1, k), -np.sort(-dense, axis=1)[:, :k], rtol=1e-3, atol=1e-9)
+    single = sum(kfac_dense(roots[0], c, damping) for c in CKPTS)
+    assert not np.allclose(dense, single)  # the second run adds its own influence
+    self_inf = read_table(run / targets[1])
+    assert {"epoch_2", "epoch_3", "runs/seed_1/epoch_2", "runs/seed_1/epoch_3"} <= set(self_inf.columns)
+    np.testing.assert_allclose(self_inf.self_influence, self_inf.drop(columns=["sample_id", "self_influence"]).sum(axis=1))

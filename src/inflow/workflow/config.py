@@ -127,6 +127,17 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
             errors.append(
                 f"train.{key}={train[key]:g} is far too large for AdamW (training diverges to NaN); use a value <= 1, typically 1e-4 to 1e-2"
             )
+    preconditioner, method = influence["preconditioner"], config["factors"]["method"]
+    if preconditioner in ("kfac", "ekfac") and method == "projection":
+        errors.append(
+            f"influence.preconditioner={preconditioner} needs layer factors, not factors.method=projection; use gram, or factors.method last_layer / head_layers"
+        )
+    if influence["ensemble"] and not [s for s in config["runs"]["seeds"] if s != config["seed"]]:
+        errors.append("influence.ensemble: true needs other runs to add up; list their seeds in runs.seeds (e.g. [0, 1, 2, 3, 4])")
+    if preconditioner == "gram" and method != "projection":
+        errors.append(
+            f"influence.preconditioner=gram preconditions projected gradients, not factors.method={method}; use kfac or ekfac, or factors.method: projection"
+        )
     sizes = None
     if data["source"] == "imagefolder":
         path = data["imagefolder"]["path"]

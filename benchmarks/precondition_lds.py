@@ -1,0 +1,107 @@
+"""LDS and mislabel recall of every preconditioner and damping on one finished run (prints a table).
+
+Reads a run folder that has the main factor files (results/factors/), the LDS subset models
+(results/lds/subsets.parquet and results/lds/models/*/test_outputs.parquet: run the workflow
+with `lds: {enabled: true}` first) and the manifest. For each (preconditioner, damping,
+checkpoints) it fits the curvature per checkpoint on the training factors, exactly as the
+workflow's curvature and precondition rules do (inflow.tracin.curvature), sums the
+preconditioned TracIn of each subset, and reports the LDS (Spearman per test sample, mean,
+95% bootstrap CI over test samples) and the recall@10% / AUROC of the preconditioned
+self-influence against the flipped labels.
+
+    .venv/bin/python benchmarks/precondition_lds.py RUN_DIR [--dampings 1e-3 1e-2 0.1 1] [--kinds none kfac ekfac]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from inflow.core.io import read_table
+from inflow.core.stats import bootstrap_ci, lds, masks_from_table
+from inflow.mislabel.ranking import ranking_metrics
+from inflow.tracin.curvature import fit_curvature, precondition_blocks
+from inflow.tracin.factors import read_factor_blocks
+from inflow.tracin.influence import block_tensors
+from inflow.tracin.self_influence import paired_terms
+from inflow.validation.lds import summed_influence
+
+
+def load(run: Path) -> dict:
+    ckpts = sorted(int(p.name.split("_")[1]) for p in (run / "results/factors").glob("epoch_*"))
+    factors = {}
+    for c in ckpts:
+        for split in ("train", "test"):
+            ids, blocks, meta = read_factor_blocks(str(run / f"results/factors/epoch_{c}/{split}.parquet"))
+            factors[(c, split)] = (ids, blocks, float(meta["tracin_lr"]))
+    train_ids, test_ids = factors[(ckpts[0], "train")][0], factors[(ckpts[0], "test")][0]
+    models, masks = masks_from_table(read_table(run / "results/lds/subsets.parquet"), train_ids, "subsets")
+    outputs = pd.concat([read_table(p) for p in sorted(glob.glob(str(run / "results/lds/models/*/test_outputs.parquet")))])
+    done = np.isin(models, outputs.model.unique())  # subset models still training are left out
+    models, masks = models[done], masks[done]
+    measured = outputs.pivot(index="test_id", columns="model", values="neg_loss").reindex(index=test_ids, columns=models).to_numpy()
+    manifest = read_table(run / "results/data/manifest.parquet").set_index("sample_id")
+    flipped = manifest.loc[train_ids, "flipped"].to_numpy().astype(bool)
+    return {"ckpts": ckpts, "factors": factors, "masks": masks, "measured": measured, "flipped": flipped}
+
+
+def evaluate(data: dict, kind: str, damping: float, ckpts: list[int]) -> dict:
+    cpu = torch.device("cpu")
+    masks = torch.from_numpy(data["masks"]).float()
+    scores = torch.zeros(data["measured"].shape, dtype=torch.float64)
+    self_inf = np.zeros(len(data["flipped"]))
+    for c in ckpts:
+        _, train, lr = data["factors"][(c, "train")]
+        _, test, _ = data["factors"][(c, "test")]
+        if kind == "none":
+            left_test, right_train, left_train = test, train, train
+        else:
+            curvature = fit_curvature(train, kind, damping)
+            left_test = precondition_blocks(test, curvature, kind, "left")
+            right_train = precondition_blocks(train, curvature, kind, "right")
+            left_train = precondition_blocks(train, curvature, kind, "left")
+        scores += summed_influence(block_tensors(left_test, cpu), block_tensors(right_train, cpu), lr, masks, 4096)
+        self_inf += paired_terms(left_train, right_train, lr)
+    value, rho = lds(scores.numpy(), data["measured"])
+    lo, hi = bootstrap_ci(rho, 1000, 0.95, 0)
+    rank = ranking_metrics(self_inf, data["flipped"])
+    return {"lds": value, "ci95": [lo, hi], "recall_at_10pct": rank["recall_at_10pct"], "auroc": rank["auroc"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--kinds", nargs="+", default=["none", "kfac", "ekfac"])
+    parser.add_argument("--dampings", nargs="+", type=float, default=[1e-3, 1e-2, 1e-1, 1.0])
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    data = load(args.run)
+    print(
+        f"{len(data['flipped'])} train, {data['measured'].shape[0]} test, {data['measured'].shape[1]} subset models, checkpoints {data['ckpts']}"
+    )
+    rows = []
+    for kind in args.kinds:
+        for damping in [0.0] if kind == "none" else args.dampings:
+            for label, ckpts in (("all", data["ckpts"]), ("last", data["ckpts"][-1:])):
+                t0 = time.perf_counter()
+                row = {"preconditioner": kind, "damping": damping, "checkpoints": label, **evaluate(data, kind, damping, ckpts)}
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                rows.append(row)
+                print(
+                    f"{kind:6s} damping {damping:<6g} ckpts {label:4s}: LDS {row['lds']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
+                    f"  self-influence recall@10% {row['recall_at_10pct']:.3f} AUROC {row['auroc']:.3f}  ({row['seconds']} s)",
+                    flush=True,
+                )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
