@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/influence_bench.py                      # seed scale: 26k x 6k, 5 ckpts, 256->10, top-100
     .venv/bin/python benchmarks/influence_bench.py --n-train 260000     # 10x scale
     .venv/bin/python benchmarks/influence_bench.py --n-train 2000 --n-test 500 --compare   # + naive and Captum
+    .venv/bin/python benchmarks/influence_bench.py --preconditioner kfac   # + the curvature and precondition rules
 
 It writes random factors as the workflow's factor Parquet files, then, in a fresh child process
 (so its peak RSS is the workflow code's alone), times the same functions the rules call:
-factor loading, every influence shard (checkpoint x tile), tile top-k plus accumulation, and
+factor loading, with ``--preconditioner`` the curvature and precondition rules (every
+checkpoint), every influence shard (checkpoint x tile), tile top-k plus accumulation, and
 self-influence. It prints pairs per second, the GFLOP/s achieved by the influence products
 against a plain float32 matmul of the same sizes timed in the same run (the roofline), and
 peak RSS. ``--compare`` also times (a) a naive reference that builds every per-sample weight
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inflow.tracin.curvature import fit_checkpoint_curvature, precondition_factors
 from inflow.tracin.factors import read_factor_blocks, read_factors, write_factors
 from inflow.tracin.influence import block_tensors, ghost_sum, influence_shard
 from inflow.tracin.self_influence import self_influence
@@ -51,6 +54,19 @@ def make_factors(workdir: Path, n_train: int, n_test: int, n_ckpt: int, d_a: int
     return paths
 
 
+def influence_inputs(wd: Path, c: int, kind: str) -> dict[str, str]:
+    """The files the influence rules read at checkpoint ``c`` (see rules/common.smk influence_factor_path)."""
+    plain = {split: str(wd / f"epoch_{c}/{split}.parquet") for split in ("train", "test")}
+    if kind == "none":
+        return {"test": plain["test"], "train": plain["train"], "train_left": None}
+    side = {(split, s): str(wd / f"curvature/epoch_{c}/{split}_{s}.parquet") for split in ("train", "test") for s in ("left", "right")}
+    return {
+        "test": side[("test", "left")],
+        "train": side[("train", "right")] if kind == "ekfac" else plain["train"],
+        "train_left": side[("train", "left")],
+    }
+
+
 def worker(args: argparse.Namespace) -> None:
     """Time one stage of the workflow's influence code in this (child) process; print one JSON line.
 
@@ -68,6 +84,14 @@ def worker(args: argparse.Namespace) -> None:
         for c in ckpts:
             for split in ("train", "test"):
                 read_factor_blocks(str(wd / f"epoch_{c}" / f"{split}.parquet"))
+    elif args.stage == "curvature":  # rules curvature + precondition, every checkpoint
+        for c in ckpts:
+            curvature = str(wd / f"curvature/epoch_{c}.npz")
+            fit_checkpoint_curvature(str(wd / f"epoch_{c}/train.parquet"), args.preconditioner, args.damping, curvature)
+            jobs = [("test", "left"), ("train", "left")] + ([("train", "right")] if args.preconditioner == "ekfac" else [])
+            for split, side in jobs:
+                out = wd / f"curvature/epoch_{c}/{split}_{side}.parquet"
+                precondition_factors(str(wd / f"epoch_{c}/{split}.parquet"), curvature, side, str(out))
     elif args.stage == "influence":
         # Tile by tile, as the DAG consumes temp() shards: every checkpoint's shard of a tile, then
         # its top-k, then the shards are deleted. Disk use stays at one tile's shards.
@@ -78,9 +102,10 @@ def worker(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 shards = [str(wd / f"shards/epoch_{c}/tile_{tile}.npy") for c in ckpts]
                 for c, shard in zip(ckpts, shards):
+                    inputs = influence_inputs(wd, c, args.preconditioner)
                     times["products_only"] += influence_shard(
-                        str(wd / f"epoch_{c}/test.parquet"),
-                        str(wd / f"epoch_{c}/train.parquet"),
+                        inputs["test"],
+                        inputs["train"],
                         tile,
                         q_tiles,
                         r_tiles,
@@ -113,13 +138,15 @@ def worker(args: argparse.Namespace) -> None:
             str(wd / "summary.parquet"),
         )
     elif args.stage == "self_influence":
-        self_influence([str(wd / f"epoch_{c}/train.parquet") for c in ckpts], str(wd / "self_influence.parquet"))
+        inputs = [influence_inputs(wd, c, args.preconditioner) for c in ckpts]
+        left = [i["train_left"] for i in inputs] if args.preconditioner != "none" else None
+        self_influence([i["train"] for i in inputs], str(wd / "self_influence.parquet"), left_paths=left)
     if not times:
         times[args.stage] = time.perf_counter() - t
     print(json.dumps({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-STAGES = ("factor_loading", "influence", "accumulate", "self_influence")
+STAGES = ("factor_loading", "curvature", "influence", "accumulate", "self_influence")
 
 
 def matmul_roofline(m: int, n: int, k: int, threads: int, repeats: int = 3) -> float:
@@ -213,6 +240,8 @@ def main() -> None:
     p.add_argument("--train-tiles", type=int, default=2)
     p.add_argument("--memory-mb", type=float, default=512, help="per-job chunk budget (influence.memory_mb)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--preconditioner", choices=["none", "kfac", "ekfac"], default="none", help="influence.preconditioner")
+    p.add_argument("--damping", type=float, default=1e-3, help="influence.damping")
     p.add_argument("--compare", action="store_true", help="also time the naive reference and Captum TracInCPFast")
     p.add_argument("--compare-test", type=int, default=1000, help="test samples used for the naive/Captum comparison")
     p.add_argument("--workdir", default=None)
@@ -238,6 +267,8 @@ def main() -> None:
     ]
     times, rss = {}, {}
     for stage in STAGES:
+        if stage == "curvature" and args.preconditioner == "none":
+            continue
         out = subprocess.run(base + ["--stage", stage], capture_output=True, text=True, check=True).stdout
         res = json.loads(out.strip().splitlines()[-1])
         times.update(res["times"])
@@ -246,9 +277,9 @@ def main() -> None:
     products_only = times.pop("products_only")
     total = sum(times.values())
     pairs = args.n_train * args.n_test * args.n_ckpt
-    flops = 2.0 * pairs * (d_a + args.d_out)  # the two GEMMs per checkpoint
+    flops = 2.0 * pairs * (d_a * args.d_out if args.preconditioner == "ekfac" else d_a + args.d_out)  # ekfac: one flattened GEMM
     n_q, n_r = -(-args.n_test // args.test_tiles), -(-args.n_train // args.train_tiles)
-    roof = matmul_roofline(n_q, n_r, d_a, args.threads)
+    roof = matmul_roofline(n_q, n_r, d_a * args.d_out if args.preconditioner == "ekfac" else d_a, args.threads)
     shard_gflops = flops / times["influence_shards"] / 1e9
     print("\nstage                    seconds")
     for k, v in times.items():

@@ -130,3 +130,25 @@ def masks_from_table(subsets: pd.DataFrame, train_ids: np.ndarray, where: str) -
     rows = np.searchsorted(models, subsets.model.to_numpy())
     masks[rows, column.loc[subsets.sample_id.to_numpy()].to_numpy()] = True
     return models, masks
+
+
+def wide_matrix(
+    table: pd.DataFrame,
+    index_col: str,
+    column_col: str,
+    value: str,
+    index: np.ndarray,
+    columns: np.ndarray,
+    where: str,
+    pairs: str,
+    hint: str,
+) -> np.ndarray:
+    """``table[value]`` pivoted to ``(len(index), len(columns))`` float64, rows ``index`` and columns ``columns``.
+
+    Raises naming ``where``, the ``pairs`` (e.g. "(test sample, model)") and what to do (``hint``)
+    when a cell is missing: scores and outputs of different runs must not be correlated.
+    """
+    wide = table.pivot(index=index_col, columns=column_col, values=value).reindex(index=index, columns=columns)
+    if wide.isna().any().any():
+        raise InflowError(f"{where}: {value} missing for some {pairs} pairs; {hint}")
+    return wide.to_numpy(dtype=np.float64)

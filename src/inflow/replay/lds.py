@@ -37,7 +37,7 @@ from torch import Tensor
 from inflow.core.errors import InflowError
 from inflow.core.figures import save_figure
 from inflow.core.io import read_metadata, read_table, write_json, write_table
-from inflow.core.stats import bootstrap_ci, lds, masks_from_table, subset_masks
+from inflow.core.stats import bootstrap_ci, lds, masks_from_table, subset_masks, wide_matrix
 from inflow.data.manifest import load_manifest
 from inflow.model.architectures import resolve_device
 from inflow.replay.engine import FunctionalModel, Optimizer, Schedule, State, Trajectory, influence_sign, train
@@ -206,12 +206,8 @@ def _wide(
     table: pd.DataFrame, index_col: str, column_col: str, value: str, index: np.ndarray, columns: np.ndarray, where: str
 ) -> np.ndarray:
     """``table[value]`` pivoted to ``(len(index), len(columns))`` float64; raises naming ``where`` on a missing cell."""
-    wide = table.pivot(index=index_col, columns=column_col, values=value).reindex(index=index, columns=columns)
-    if wide.isna().any().any():
-        raise InflowError(
-            f"{where}: {value} missing for some ({index_col}, {column_col}) pairs; the replay LDS inputs come from different runs, rerun the replay rules"
-        )
-    return wide.to_numpy(dtype=np.float64)
+    hint = "the replay LDS inputs come from different runs, rerun the replay rules"
+    return wide_matrix(table, index_col, column_col, value, index, columns, where, f"({index_col}, {column_col})", hint)
 
 
 def write_replay_lds(

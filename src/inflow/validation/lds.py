@@ -36,7 +36,7 @@ from torch import Tensor
 from inflow.core.errors import InflowError
 from inflow.core.figures import save_figure
 from inflow.core.io import read_metadata, read_table, write_json, write_table
-from inflow.core.stats import bootstrap_ci, lds, masks_from_table, subset_masks
+from inflow.core.stats import bootstrap_ci, lds, masks_from_table, subset_masks, wide_matrix
 from inflow.data.manifest import Split, load_manifest, load_split
 from inflow.model.architectures import Classifier, resolve_device
 from inflow.model.checkpoints import load_checkpoint
@@ -252,12 +252,8 @@ def train_subset_model(
 
 def _matrix(table: pd.DataFrame, value: str, test_ids: np.ndarray, models: np.ndarray, where: str) -> np.ndarray:
     """``table`` (test_id, model, value) as ``(len(test_ids), len(models))``; raises on a missing cell."""
-    wide = table.pivot(index="test_id", columns="model", values=value).reindex(index=test_ids, columns=models)
-    if wide.isna().any().any():
-        raise InflowError(
-            f"{where}: {value} missing for some (test sample, model) pairs; the LDS inputs come from different runs, rerun the lds rules"
-        )
-    return wide.to_numpy(dtype=np.float64)
+    hint = "the LDS inputs come from different runs, rerun the lds rules"
+    return wide_matrix(table, "test_id", "model", value, test_ids, models, where, "(test sample, model)", hint)
 
 
 def write_lds(
