@@ -7,7 +7,8 @@ checkpoints) it fits the curvature per checkpoint on the training factors, exact
 workflow's curvature and precondition rules do (inflow.tracin.curvature), sums the
 preconditioned TracIn of each subset, and reports the LDS (Spearman per test sample, mean,
 95% bootstrap CI over test samples) and the recall@10% / AUROC of the preconditioned
-self-influence against the flipped labels.
+self-influence against the flipped labels, alone and combined with the model's disagreement
+with the label as the workflow's ranking combines them (``mislabel.score``).
 
     .venv/bin/python benchmarks/precondition_lds.py RUN_DIR [--dampings 1e-3 1e-2 0.1 1] [--kinds none kfac ekfac]
 """
@@ -26,7 +27,7 @@ import torch
 
 from inflow.core.io import read_table
 from inflow.core.stats import bootstrap_ci, lds, masks_from_table
-from inflow.mislabel.ranking import ranking_metrics
+from inflow.mislabel.ranking import combine, ranking_metrics
 from inflow.tracin.curvature import fit_curvature, precondition_blocks
 from inflow.tracin.factors import read_factor_blocks
 from inflow.tracin.influence import block_tensors
@@ -34,7 +35,17 @@ from inflow.tracin.self_influence import paired_terms
 from inflow.validation.lds import summed_influence
 
 
-def load(run: Path) -> dict:
+def outputs_matrix(pattern: str, test_ids: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Measured ``neg_loss`` of every subset model (columns ``models``) on every test sample, ``(n_test, M)``."""
+    outputs = pd.concat([read_table(p) for p in sorted(glob.glob(pattern))])
+    return outputs.pivot(index="test_id", columns="model", values="neg_loss").reindex(index=test_ids, columns=models).to_numpy()
+
+
+def available_models(pattern: str) -> np.ndarray:
+    return np.sort(pd.concat([read_table(p, columns=["model"]) for p in sorted(glob.glob(pattern))]).model.unique())
+
+
+def load(run: Path, outputs_glob: str | None) -> dict:
     ckpts = sorted(int(p.name.split("_")[1]) for p in (run / "results/factors").glob("epoch_*"))
     factors = {}
     for c in ckpts:
@@ -43,13 +54,24 @@ def load(run: Path) -> dict:
             factors[(c, split)] = (ids, blocks, float(meta["tracin_lr"]))
     train_ids, test_ids = factors[(ckpts[0], "train")][0], factors[(ckpts[0], "test")][0]
     models, masks = masks_from_table(read_table(run / "results/lds/subsets.parquet"), train_ids, "subsets")
-    outputs = pd.concat([read_table(p) for p in sorted(glob.glob(str(run / "results/lds/models/*/test_outputs.parquet")))])
-    done = np.isin(models, outputs.model.unique())  # subset models still training are left out
+    pattern = outputs_glob or str(run / "results/lds/models/*/test_outputs.parquet")
+    done = np.isin(models, available_models(pattern))  # subset models still training are left out
     models, masks = models[done], masks[done]
-    measured = outputs.pivot(index="test_id", columns="model", values="neg_loss").reindex(index=test_ids, columns=models).to_numpy()
+    measured = outputs_matrix(pattern, test_ids, models)
     manifest = read_table(run / "results/data/manifest.parquet").set_index("sample_id")
     flipped = manifest.loc[train_ids, "flipped"].to_numpy().astype(bool)
-    return {"ckpts": ckpts, "factors": factors, "masks": masks, "measured": measured, "flipped": flipped}
+    predictions = read_table(run / "results/predictions/predictions.parquet").set_index("sample_id")
+    disagreement = 1.0 - predictions.loc[train_ids, "p_label"].to_numpy()
+    return {
+        "ckpts": ckpts,
+        "factors": factors,
+        "masks": masks,
+        "measured": measured,
+        "flipped": flipped,
+        "disagreement": disagreement,
+        "test_ids": test_ids,
+        "models": models,
+    }
 
 
 def evaluate(data: dict, kind: str, damping: float, ckpts: list[int]) -> dict:
@@ -72,7 +94,16 @@ def evaluate(data: dict, kind: str, damping: float, ckpts: list[int]) -> dict:
     value, rho = lds(scores.numpy(), data["measured"])
     lo, hi = bootstrap_ci(rho, 1000, 0.95, 0)
     rank = ranking_metrics(self_inf, data["flipped"])
-    return {"lds": value, "ci95": [lo, hi], "recall_at_10pct": rank["recall_at_10pct"], "auroc": rank["auroc"]}
+    signals = pd.DataFrame({"self_influence": self_inf, "disagreement": data["disagreement"]})
+    ranked = ranking_metrics(combine(signals, ["self_influence", "disagreement"]).to_numpy(), data["flipped"])
+    return {
+        "lds": value,
+        "ci95": [lo, hi],
+        "recall_at_10pct": rank["recall_at_10pct"],
+        "auroc": rank["auroc"],
+        "ranking_recall_at_10pct": ranked["recall_at_10pct"],
+        "ranking_auroc": ranked["auroc"],
+    }
 
 
 def main() -> None:
@@ -81,8 +112,21 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["none", "kfac", "ekfac"])
     parser.add_argument("--dampings", nargs="+", type=float, default=[1e-3, 1e-2, 1e-1, 1.0])
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--outputs", default=None, help="glob of the subset models' test_outputs.parquet (default: RUN/results/lds/models/*/...)"
+    )
+    parser.add_argument(
+        "--ceiling", default=None, help="glob of a second set of subset models on the same subsets (other seeds): prints their agreement"
+    )
     args = parser.parse_args()
-    data = load(args.run)
+    data = load(args.run, args.outputs)
+    if args.ceiling:
+        models = data["models"][np.isin(data["models"], available_models(args.ceiling))]
+        keep = np.isin(data["models"], models)
+        other = outputs_matrix(args.ceiling, data["test_ids"], models)
+        value, rho = lds(other, data["measured"][:, keep])
+        lo, hi = bootstrap_ci(rho, 1000, 0.95, 0)
+        print(f"noise ceiling: the second set's outputs as the prediction ({len(models)} subsets): LDS {value:.3f} [{lo:.3f}, {hi:.3f}]")
     print(
         f"{len(data['flipped'])} train, {data['measured'].shape[0]} test, {data['measured'].shape[1]} subset models, checkpoints {data['ckpts']}"
     )
@@ -96,7 +140,8 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"{kind:6s} damping {damping:<6g} ckpts {label:4s}: LDS {row['lds']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
-                    f"  self-influence recall@10% {row['recall_at_10pct']:.3f} AUROC {row['auroc']:.3f}  ({row['seconds']} s)",
+                    f"  self-influence recall@10% {row['recall_at_10pct']:.3f} AUROC {row['auroc']:.3f};"
+                    f" ranking (with disagreement) {row['ranking_recall_at_10pct']:.3f} / {row['ranking_auroc']:.3f}  ({row['seconds']} s)",
                     flush=True,
                 )
     if args.json:

@@ -309,6 +309,11 @@ def lds_model_outputs(wildcards=None):
     return expand("results/lds/models/model_{model}/test_outputs.parquet", model=LDS_MODELS)
 
 
+def lds_model_seed(wildcards):
+    """The training seed of LDS subset model {model}: the top-level seed (lds.protocol main_seed) or 1000 + model (own_seed)."""
+    return config["seed"] if config["lds"]["protocol"] == "main_seed" else 1000 + int(wildcards.model)
+
+
 def lds_train_settings():
     """Training config of the subset models: the main recipe, with lds.epochs when set.
 

@@ -54,7 +54,7 @@ rule lds_train:
         model=config["model"],
         train=lds_train_settings(),
         loss=loss_settings(),
-        seed=config["seed"],
+        seed=lds_model_seed,
         device=config["device"],
     script:
         "../workflow_scripts/lds_train.py"

@@ -182,13 +182,25 @@ def test_cleaning_comparison(workdir: Path) -> None:
     assert (workdir / "results/clean/comparison.png").stat().st_size > 0
 
 
-def test_two_seeds_train_one_more_run_and_compare(workdir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_runs(tiny_run: Path, tmp_path_factory) -> Path:
+    """A copy of the tiny run with runs.seeds [0, 1], influence.ensemble and K-FAC, built up to the runs
+    comparison and the ensemble's top-k and self-influence (seed 1's core DAG runs once for both tests)."""
+    folder = tmp_path_factory.mktemp("two_runs")
+    run = copy_run(tiny_run, folder / "run")
+    over = {"influence": {"preconditioner": "kfac", "ensemble": True}, "runs": {"seeds": [0, 1]}}
+    (folder / "two_runs.yaml").write_text(yaml.safe_dump(merge(yaml.safe_load(TINY.read_text()), over)))
+    targets = ("results/runs/comparison/accuracy.csv", "results/influence/topk.parquet", "results/influence/self_influence.parquet")
+    snakemake(run, *targets, configfile=folder / "two_runs.yaml")
+    return run
+
+
+def test_two_seeds_train_one_more_run_and_compare(workdir: Path, two_runs: Path, tmp_path: Path) -> None:
     """runs.seeds [0, 1]: the main run (seed 0) is reused, seed 1 runs the core DAG, and the comparison is made."""
     jobs = planned_jobs(workdir, tmp_path, runs={"seeds": [0, 1]})
     assert jobs.get("run_train") == 1 and jobs.get("run_factors") == 4 and jobs.get("run_influence_shard") == 8, jobs
     assert jobs.get("runs_comparison") == 1 and not (HEAVY | {"mislabel"}) & set(jobs), jobs
-    run = tmp_path / "copy"
-    snakemake(run, "results/runs/comparison/accuracy.csv", configfile=tmp_path / "edited.yaml")
+    run = two_runs
     out = run / "results/runs/comparison"
     accuracy = pd.read_csv(out / "accuracy.csv")
     assert accuracy.run.tolist() == ["seed_0", "seed_1"] and accuracy.main.tolist() == [True, False]
@@ -239,14 +251,11 @@ def kfac_dense(run: Path, ckpt: int, damping: float) -> np.ndarray:
     return meta["tracin_lr"] * (a_q @ damped_inverse(a_r) @ a_r.T) * (e_q @ damped_inverse(e_r) @ e_r.T)
 
 
-def test_ensemble_of_two_runs_with_kfac_has_the_exact_top_k_of_the_summed_influence(workdir: Path, tmp_path: Path) -> None:
+def test_ensemble_of_two_runs_with_kfac_has_the_exact_top_k_of_the_summed_influence(two_runs: Path) -> None:
     """influence.ensemble with runs.seeds [0, 1] and K-FAC: the main top-k is the top-k of both runs' summed
     preconditioned influence; the self-influence sums both runs' g^T H^-1 g."""
-    run = copy_run(workdir, tmp_path / "copy")
-    config = merge(yaml.safe_load(TINY.read_text()), {"influence": {"preconditioner": "kfac", "ensemble": True}, "runs": {"seeds": [0, 1]}})
-    (tmp_path / "ensemble.yaml").write_text(yaml.safe_dump(config))
+    run = two_runs
     targets = ("results/influence/topk.parquet", "results/influence/self_influence.parquet")
-    snakemake(run, *targets, configfile=tmp_path / "ensemble.yaml")
     damping = yaml.safe_load((REPO / "config.yaml").read_text())["influence"]["damping"]  # the default: tiny.yaml does not set it
     roots = (run / "results", run / "results/runs/seed_1")
     dense = sum(kfac_dense(root, c, damping) for root in roots for c in CKPTS)
