@@ -10,6 +10,8 @@ $(BIN)/snakemake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
+	# `snakemake --profile slurm` from the repository root: Snakemake looks up profile names in ~/.config/snakemake
+	mkdir -p $(HOME)/.config/snakemake && ln -sfn $(CURDIR)/profiles/slurm $(HOME)/.config/snakemake/slurm
 	touch $@
 
 run: $(BIN)/snakemake
