@@ -49,9 +49,11 @@ def load(run: Path, outputs_glob: str | None) -> dict:
     ckpts = sorted(int(p.name.split("_")[1]) for p in (run / "results/factors").glob("epoch_*"))
     factors = {}
     for c in ckpts:
-        for split in ("train", "test"):
-            ids, blocks, meta = read_factor_blocks(str(run / f"results/factors/epoch_{c}/{split}.parquet"))
-            factors[(c, split)] = (ids, blocks, float(meta["tracin_lr"]))
+        for split in ("train", "test", "fisher"):
+            path = run / f"results/factors/epoch_{c}/{split}.parquet"
+            if path.exists():  # fisher: the sampled-label training factors (influence.fisher: sampled)
+                ids, blocks, meta = read_factor_blocks(str(path))
+                factors[(c, split)] = (ids, blocks, float(meta["tracin_lr"]))
     train_ids, test_ids = factors[(ckpts[0], "train")][0], factors[(ckpts[0], "test")][0]
     models, masks = masks_from_table(read_table(run / "results/lds/subsets.parquet"), train_ids, "subsets")
     pattern = outputs_glob or str(run / "results/lds/models/*/test_outputs.parquet")
@@ -74,7 +76,7 @@ def load(run: Path, outputs_glob: str | None) -> dict:
     }
 
 
-def evaluate(data: dict, kind: str, damping: float, ckpts: list[int]) -> dict:
+def evaluate(data: dict, kind: str, damping: float, ckpts: list[int], fisher: str = "empirical") -> dict:
     cpu = torch.device("cpu")
     masks = torch.from_numpy(data["masks"]).float()
     scores = torch.zeros(data["measured"].shape, dtype=torch.float64)
@@ -85,7 +87,8 @@ def evaluate(data: dict, kind: str, damping: float, ckpts: list[int]) -> dict:
         if kind == "none":
             left_test, right_train, left_train = test, train, train
         else:
-            curvature = fit_curvature(train, kind, damping)
+            fit_on = data["factors"][(c, "fisher")][1] if fisher == "sampled" else train
+            curvature = fit_curvature(fit_on, kind, damping)
             left_test = precondition_blocks(test, curvature, kind, "left")
             right_train = precondition_blocks(train, curvature, kind, "right")
             left_train = precondition_blocks(train, curvature, kind, "left")
@@ -111,6 +114,14 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--kinds", nargs="+", default=["none", "kfac", "ekfac"])
     parser.add_argument("--dampings", nargs="+", type=float, default=[1e-3, 1e-2, 1e-1, 1.0])
+    parser.add_argument(
+        "--fisher",
+        nargs="+",
+        default=["empirical"],
+        choices=["empirical", "sampled"],
+        help="curvature from the given labels and/or the sampled ones (needs results/factors/epoch_*/fisher.parquet)",
+    )
+    parser.add_argument("--checkpoints", nargs="+", default=["all", "last"], choices=["all", "last"])
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument(
         "--outputs", default=None, help="glob of the subset models' test_outputs.parquet (default: RUN/results/lds/models/*/...)"
@@ -133,17 +144,20 @@ def main() -> None:
     rows = []
     for kind in args.kinds:
         for damping in [0.0] if kind == "none" else args.dampings:
-            for label, ckpts in (("all", data["ckpts"]), ("last", data["ckpts"][-1:])):
-                t0 = time.perf_counter()
-                row = {"preconditioner": kind, "damping": damping, "checkpoints": label, **evaluate(data, kind, damping, ckpts)}
-                row["seconds"] = round(time.perf_counter() - t0, 1)
-                rows.append(row)
-                print(
-                    f"{kind:6s} damping {damping:<6g} ckpts {label:4s}: LDS {row['lds']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
-                    f"  self-influence recall@10% {row['recall_at_10pct']:.3f} AUROC {row['auroc']:.3f};"
-                    f" ranking (with disagreement) {row['ranking_recall_at_10pct']:.3f} / {row['ranking_auroc']:.3f}  ({row['seconds']} s)",
-                    flush=True,
-                )
+            for fisher in ["empirical"] if kind == "none" else args.fisher:
+                for label in args.checkpoints:
+                    ckpts = data["ckpts"] if label == "all" else data["ckpts"][-1:]
+                    t0 = time.perf_counter()
+                    row = {"preconditioner": kind, "damping": damping, "fisher": fisher, "checkpoints": label}
+                    row.update(evaluate(data, kind, damping, ckpts, fisher))
+                    row["seconds"] = round(time.perf_counter() - t0, 1)
+                    rows.append(row)
+                    print(
+                        f"{kind:6s} damping {damping:<6g} {fisher:9s} ckpts {label:4s}: LDS {row['lds']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
+                        f"  self-influence recall@10% {row['recall_at_10pct']:.3f} AUROC {row['auroc']:.3f};"
+                        f" ranking (with disagreement) {row['ranking_recall_at_10pct']:.3f} / {row['ranking_auroc']:.3f}  ({row['seconds']} s)",
+                        flush=True,
+                    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -27,7 +27,7 @@ FACTOR_SPLITS = ["train", "test"]
 wildcard_constraints:
     ckpt=r"\d+",
     tile=r"\d+-\d+",
-    split="train|test",
+    split="train|test|fisher",
     run_seed=r"\d+",
     variant="influence|oracle|random",
 
@@ -92,18 +92,32 @@ PRECONDITIONER = config["influence"]["preconditioner"]
 SIDES = ["left", "right"]
 
 
-def influence_factor_path(split, side, root="results"):
-    """The factor file (pattern over {ckpt}) that influence reads for ``split``.
+def variant_factor_path(split, side, preconditioner, factors_root, curvature_root):
+    """The factor file (pattern over {ckpt}) that influence reads for ``split`` under ``preconditioner``.
 
-    Without a preconditioner, the factors themselves. With one, influence is
-    ``<left(test), right(train)>`` summed over blocks: ``left`` applies the inverse curvature,
-    ``right`` is the plain factors (kfac, gram) or their rotation (ekfac), see
-    inflow.tracin.curvature; both come from rule precondition.
+    Without a preconditioner, the factors themselves (``factors_root/factors/``). With one,
+    influence is ``<left(test), right(train)>`` summed over blocks: ``left`` applies the inverse
+    curvature, ``right`` is the plain factors (kfac, gram) or their rotation (ekfac), see
+    inflow.tracin.curvature; both come from a precondition rule (``curvature_root/curvature/``).
     """
-    plain = f"{root}/factors/epoch_{{ckpt}}/{split}.parquet"
-    if PRECONDITIONER == "none" or (side == "right" and PRECONDITIONER != "ekfac"):
+    plain = f"{factors_root}/factors/epoch_{{ckpt}}/{split}.parquet"
+    if preconditioner == "none" or (side == "right" and preconditioner != "ekfac"):
         return plain
-    return f"{root}/curvature/epoch_{{ckpt}}/{split}_{side}.parquet"
+    return f"{curvature_root}/curvature/epoch_{{ckpt}}/{split}_{side}.parquet"
+
+
+def influence_factor_path(split, side, root="results"):
+    """:func:`variant_factor_path` of the configured influence.preconditioner for the run folder ``root``."""
+    return variant_factor_path(split, side, PRECONDITIONER, root, root)
+
+
+CURVATURE_SPLIT = "fisher" if config["influence"]["fisher"] == "sampled" else "train"
+
+
+def curvature_factors(wildcards):
+    """Input function: the factor file a checkpoint's curvature is fitted on: the train split, or
+    with influence.fisher: sampled the train split with labels sampled from the model (true Fisher)."""
+    return f"{run_root(wildcards)}/factors/epoch_{wildcards.ckpt}/{CURVATURE_SPLIT}.parquet"
 
 
 def influence_factor_files(split, side):
@@ -332,8 +346,14 @@ COMPARE_METHODS = config["compare"]["methods"]
 CLEANLAB_FOLDS = [str(f) for f in range(config["compare"]["cleanlab_folds"])]
 
 
+# A compared variant is "<method>" (plain TracIn) or "<method>+<preconditioner>"; its outputs live
+# in results/methods/<method>/<preconditioner>/ (factors, shared by a method's variants, one level up).
+COMPARE_VARIANTS = [tuple((v + "+none").split("+")[:2]) for v in COMPARE_METHODS]
+
+
 wildcard_constraints:
     method="|".join(FACTOR_METHODS),
+    precond="none|kfac|ekfac|gram",
     fold=r"\d+",
 
 
@@ -350,13 +370,56 @@ def compared_method(wildcards):
     return method_settings(wildcards.method)
 
 
-def method_factor_files(split):
-    """Input function: the factor files of ``split`` for the job's method, every checkpoint, epoch order."""
+def method_factor_files(split, side):
+    """Input function: the factor files of ``split`` that the job's (method, preconditioner) variant
+    reads on ``side`` (:func:`variant_factor_path`), every checkpoint, epoch order ([] for the
+    train left side of plain TracIn)."""
 
     def paths(wildcards):
-        return expand("results/methods/{method}/factors/epoch_{ckpt}/{split}.parquet", method=wildcards.method, ckpt=CKPTS, split=split)
+        if side == "left" and split == "train" and wildcards.precond == "none":
+            return []
+        root = f"results/methods/{wildcards.method}"
+        pattern = variant_factor_path(split, side, wildcards.precond, root, f"{root}/{wildcards.precond}")
+        return expand(pattern, ckpt=CKPTS)
 
     return paths
+
+
+def method_curvature_factors(wildcards):
+    """Input function: the compared method's factor file its curvature is fitted on (see curvature_factors)."""
+    return f"results/methods/{wildcards.method}/factors/epoch_{wildcards.ckpt}/{CURVATURE_SPLIT}.parquet"
+
+
+# The ensemble rows of the comparison: the main attribution (factors.method + influence.preconditioner)
+# of each run of runs.seeds on its own, added up over the first n runs (rule ensemble_lds).
+MAIN_VARIANT = config["factors"]["method"] + ("" if PRECONDITIONER == "none" else f"+{PRECONDITIONER}")
+
+
+def seed_root(wildcards):
+    """The run folder of seed {run_seed}: results/ for the main run, else results/runs/seed_<s>/."""
+    return "results" if int(wildcards.run_seed) == MAIN_SEED else RUN_ROOT.format(run_seed=wildcards.run_seed)
+
+
+def single_run_factor_files(split, side):
+    """Input function: :func:`influence_factor_path` of run {run_seed} alone (never the ensemble), every
+    checkpoint, epoch order ([] for the train left side without a preconditioner)."""
+
+    def paths(wildcards):
+        if side == "left" and split == "train" and PRECONDITIONER == "none":
+            return []
+        return expand(influence_factor_path(split, side, seed_root(wildcards)), ckpt=CKPTS)
+
+    return paths
+
+
+def ensemble_files(name):
+    """Each run's own ``name`` (scores.parquet, self_influence.parquet) for the ensemble rows, runs.seeds order."""
+    return [f"results/methods/ensemble/seed_{seed}/{name}" for seed in RUN_SEEDS]
+
+
+def ensemble_result():
+    """The ensemble table the comparison reads: none without other runs in runs.seeds."""
+    return ["results/methods/ensemble/ensemble.csv"] if RUN_SEEDS else []
 
 
 def compare_outputs():
@@ -367,8 +430,8 @@ def compare_outputs():
 
 
 def compared_files(path):
-    """``path`` (under results/methods/<method>/) for every compared method, compare.methods order."""
-    return [f"results/methods/{method}/{path}" for method in COMPARE_METHODS]
+    """``path`` (under results/methods/<method>/<preconditioner>/) for every compared variant, compare.methods order."""
+    return [f"results/methods/{method}/{precond}/{path}" for method, precond in COMPARE_VARIANTS]
 
 
 def cleanlab_fold_files(wildcards=None):

@@ -6,7 +6,7 @@
 
 rule curvature:
     input:
-        "results/factors/epoch_{ckpt}/train.parquet",
+        curvature_factors,
     output:
         ensure("results/curvature/epoch_{ckpt}.npz", non_empty=True),
     log:

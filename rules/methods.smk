@@ -1,8 +1,10 @@
 # Comparing attribution methods (compare: in the config; off unless compare.enabled). For every
-# method of compare.methods: factors of every checkpoint -> self-influence (mislabel recall, AUROC)
-# and LDS on the subset models of rules/lds.smk, reusing the factors, self_influence, lds_scores
-# and lds rules with `use rule ... with:`. cleanlab_fold (one training per fold) -> cleanlab.
-# method_comparison: one table with every method and the baselines.
+# variant of compare.methods ("<method>" or "<method>+<preconditioner>"): factors of every
+# checkpoint (one set per method) -> curvature and preconditioned factors (per preconditioner) ->
+# self-influence (mislabel recall, AUROC) and LDS on the subset models of rules/lds.smk, reusing
+# the factors, curvature, precondition, self_influence, lds_scores and lds rules with
+# `use rule ... with:`. cleanlab_fold (one training per fold) -> cleanlab. method_comparison: one
+# table with every variant, the ensembles of runs.seeds and the baselines.
 
 
 use rule factors as method_factors with:
@@ -19,43 +21,127 @@ use rule factors as method_factors with:
         method=compared_method,
 
 
+use rule curvature as method_curvature with:
+    input:
+        method_curvature_factors,
+    output:
+        ensure("results/methods/{method}/{precond}/curvature/epoch_{ckpt}.npz", non_empty=True),
+    log:
+        "logs/methods/{method}/{precond}/curvature/epoch_{ckpt}.log",
+    benchmark:
+        "logs/benchmarks/methods/{method}/{precond}/curvature/epoch_{ckpt}.tsv"
+    params:
+        preconditioner=lambda wildcards: wildcards.precond,
+        damping=config["influence"]["damping"],
+
+
+use rule precondition as method_precondition with:
+    input:
+        factors="results/methods/{method}/factors/epoch_{ckpt}/{split}.parquet",
+        curvature="results/methods/{method}/{precond}/curvature/epoch_{ckpt}.npz",
+    output:
+        ensure("results/methods/{method}/{precond}/curvature/epoch_{ckpt}/{split}_{side}.parquet", non_empty=True),
+    log:
+        "logs/methods/{method}/{precond}/precondition/epoch_{ckpt}_{split}_{side}.log",
+    benchmark:
+        "logs/benchmarks/methods/{method}/{precond}/precondition/epoch_{ckpt}_{split}_{side}.tsv"
+
+
 use rule self_influence as method_self_influence with:
     input:
-        method_factor_files("train"),
+        right=method_factor_files("train", "right"),
+        left=method_factor_files("train", "left"),
     output:
-        ensure("results/methods/{method}/self_influence.parquet", non_empty=True),
+        ensure("results/methods/{method}/{precond}/self_influence.parquet", non_empty=True),
     log:
-        "logs/methods/{method}/self_influence.log",
+        "logs/methods/{method}/{precond}/self_influence.log",
     benchmark:
-        "logs/benchmarks/methods/{method}/self_influence.tsv"
+        "logs/benchmarks/methods/{method}/{precond}/self_influence.tsv"
+    params:
+        runs=None,
 
 
 use rule lds_scores as method_lds_scores with:
     input:
-        test=method_factor_files("test"),
-        train=method_factor_files("train"),
+        test=method_factor_files("test", "left"),
+        train=method_factor_files("train", "right"),
         subsets="results/lds/subsets.parquet",
     output:
-        ensure("results/methods/{method}/lds/scores.parquet", non_empty=True),
+        ensure("results/methods/{method}/{precond}/lds/scores.parquet", non_empty=True),
     log:
-        "logs/methods/{method}/lds_scores.log",
+        "logs/methods/{method}/{precond}/lds_scores.log",
     benchmark:
-        "logs/benchmarks/methods/{method}/lds_scores.tsv"
+        "logs/benchmarks/methods/{method}/{precond}/lds_scores.tsv"
 
 
 use rule lds as method_lds with:
     input:
-        scores="results/methods/{method}/lds/scores.parquet",
+        scores="results/methods/{method}/{precond}/lds/scores.parquet",
         outputs=lds_model_outputs(),
         subsets="results/lds/subsets.parquet",
     output:
-        json="results/methods/{method}/lds/lds.json",
-        per_test=ensure("results/methods/{method}/lds/per_test.parquet", non_empty=True),
-        scatter="results/methods/{method}/lds/lds_scatter.png",
+        json="results/methods/{method}/{precond}/lds/lds.json",
+        per_test=ensure("results/methods/{method}/{precond}/lds/per_test.parquet", non_empty=True),
+        scatter="results/methods/{method}/{precond}/lds/lds_scatter.png",
     log:
-        "logs/methods/{method}/lds.log",
+        "logs/methods/{method}/{precond}/lds.log",
     benchmark:
-        "logs/benchmarks/methods/{method}/lds.tsv"
+        "logs/benchmarks/methods/{method}/{precond}/lds.tsv"
+
+
+use rule lds_scores as run_lds_scores with:
+    input:
+        test=single_run_factor_files("test", "left"),
+        train=single_run_factor_files("train", "right"),
+        subsets="results/lds/subsets.parquet",
+    output:
+        ensure("results/methods/ensemble/seed_{run_seed}/scores.parquet", non_empty=True),
+    log:
+        "logs/methods/ensemble/seed_{run_seed}/lds_scores.log",
+    benchmark:
+        "logs/benchmarks/methods/ensemble/seed_{run_seed}/lds_scores.tsv"
+
+
+use rule self_influence as run_single_self_influence with:
+    input:
+        right=single_run_factor_files("train", "right"),
+        left=single_run_factor_files("train", "left"),
+    output:
+        ensure("results/methods/ensemble/seed_{run_seed}/self_influence.parquet", non_empty=True),
+    log:
+        "logs/methods/ensemble/seed_{run_seed}/self_influence.log",
+    benchmark:
+        "logs/benchmarks/methods/ensemble/seed_{run_seed}/self_influence.tsv"
+    params:
+        runs=None,
+
+
+rule ensemble_lds:
+    input:
+        scores=ensemble_files("scores.parquet"),
+        self_influence=ensemble_files("self_influence.parquet"),
+        outputs=lds_model_outputs(),
+        manifest="results/data/manifest.parquet",
+    output:
+        "results/methods/ensemble/ensemble.csv",
+    log:
+        "logs/methods/ensemble/ensemble_lds.log",
+    benchmark:
+        "logs/benchmarks/methods/ensemble/ensemble_lds.tsv"
+    localrule: True
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    params:
+        seeds=RUN_SEEDS,
+        output=config["lds"]["output"],
+        bootstrap=config["lds"]["bootstrap"],
+        seed=config["lds"]["seed"],
+    script:
+        "../workflow_scripts/ensemble_lds.py"
 
 
 rule cleanlab_fold:
@@ -117,6 +203,7 @@ rule method_comparison:
         self_influence=compared_files("self_influence.parquet"),
         lds=compared_files("lds/lds.json"),
         cleanlab=cleanlab_result(),
+        ensemble=ensemble_result(),
     output:
         table=report(
             "results/methods/comparison.csv",
@@ -143,5 +230,6 @@ rule method_comparison:
         runtime=scaled(10),
     params:
         methods=COMPARE_METHODS,
+        main_variant=MAIN_VARIANT,
     script:
         "../workflow_scripts/method_comparison.py"

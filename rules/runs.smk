@@ -47,8 +47,6 @@ use rule factors as run_factors with:
 
 
 use rule curvature as run_curvature with:
-    input:
-        f"{RUN_ROOT}/factors/epoch_{{ckpt}}/train.parquet",
     output:
         ensure(f"{RUN_ROOT}/curvature/epoch_{{ckpt}}.npz", non_empty=True),
     log:

@@ -12,4 +12,6 @@ run(
     cleanlab_paths=list(snakemake.input.cleanlab),
     table_out=snakemake.output.table,
     plot_out=snakemake.output.plot,
+    ensemble_paths=list(snakemake.input.ensemble),
+    ensemble_variant=snakemake.params.main_variant,
 )

@@ -18,7 +18,7 @@ from snakemake.utils import validate
 
 from inflow.core.errors import InflowError
 from inflow.core.io import read_table, write_json, write_table
-from inflow.core.stats import subset_masks
+from inflow.core.stats import lds, subset_masks
 from inflow.data.prepare import prepare_data
 from inflow.mislabel.ranking import ranking_metrics
 from inflow.model.architectures import build_model
@@ -41,7 +41,7 @@ from inflow.tracin.influence import ghost_sum, influence_shard
 from inflow.tracin.projection import Projector, model_projector, per_sample_gradients
 from inflow.tracin.self_influence import self_influence
 from inflow.validation.cleanlab_baseline import NOT_INSTALLED, cleanlab_issues, fold_assignment
-from inflow.validation.comparison import compare_methods
+from inflow.validation.comparison import compare_methods, ensemble_table
 from inflow.validation.lds import subset_scores
 
 WEIGHTS = inverse_frequency_weights(np.array([0, 0, 1, 2, 2, 2, 3, 4]), 5)
@@ -304,7 +304,8 @@ def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
     cfg: dict = {}
     validate(cfg, SCHEMA, set_default=True)
     assert cfg["factors"]["method"] == "last_layer" and cfg["factors"]["projection_dim"] == 512 and cfg["factors"]["projection_seed"] == 0
-    assert cfg["compare"] == {"enabled": False, "methods": ["last_layer", "head_layers", "projection"], "cleanlab_folds": 5}
+    variants = ["last_layer", "last_layer+kfac", "last_layer+ekfac", "head_layers", "head_layers+kfac", "projection", "projection+gram"]
+    assert cfg["compare"] == {"enabled": False, "methods": variants, "cleanlab_folds": 5}
     assert (
         config_errors(
             {"factors": {"method": "projection", "projection_dim": 64}, "compare": {"methods": ["projection"], "cleanlab_folds": 0}}
@@ -319,6 +320,7 @@ def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
         ({"factors": {"projection_dim": 0}}, "factors.projection_dim: 0 is less than the minimum of 1; use a value >= 1 (default: 512)"),
         ({"compare": {"methods": []}}, "compare.methods: [] should be non-empty"),
         ({"compare": {"methods": ["tracin"]}}, "compare.methods.0: 'tracin' is not one of"),
+        ({"compare": {"methods": ["projection+kfac"]}}, "compare.methods.0: 'projection+kfac' is not one of"),
         ({"compare": {"cleanlab_folds": 1}}, "compare.cleanlab_folds=1 leaves no other fold to train on; use 2 or more"),
     ]:
         errors = config_errors(over)
@@ -338,10 +340,12 @@ def methods_dry_run(workdir: Path, over: dict, *targets: str) -> dict[str, int]:
 def test_dry_run_of_the_comparison_plans_every_method_and_baseline(tmp_path) -> None:
     jobs = methods_dry_run(tmp_path, {"compare": {"cleanlab_folds": 3}, "lds": {"n_models": 4}}, "results/methods/comparison.csv")
     expected = {
-        "method_factors": 3 * 2 * 2,
-        "method_self_influence": 3,
-        "method_lds_scores": 3,
-        "method_lds": 3,
+        "method_factors": 3 * 2 * 2,  # one set of factors per method, shared by its preconditioners
+        "method_curvature": 4 * 2,  # last_layer+kfac, last_layer+ekfac, head_layers+kfac, projection+gram
+        "method_precondition": (2 + 3 + 2 + 2) * 2,  # left sides of test and train (+ ekfac's rotated right side)
+        "method_self_influence": 7,
+        "method_lds_scores": 7,
+        "method_lds": 7,
         "lds_subsets": 1,
         "lds_train": 4,
         "cleanlab_fold": 3,
@@ -351,6 +355,13 @@ def test_dry_run_of_the_comparison_plans_every_method_and_baseline(tmp_path) -> 
         "train": 1,
         "factors": 4,
     }
+    assert {rule: jobs.get(rule) for rule in expected} == expected, jobs
+    assert not {"ensemble_lds", "run_lds_scores"} & set(jobs), jobs
+    over = {"compare": {"methods": ["last_layer+kfac"], "cleanlab_folds": 0}, "lds": {"n_models": 4}, "runs": {"seeds": [0, 1, 2]}}
+    over["influence"] = {"preconditioner": "kfac", "fisher": "sampled"}
+    jobs = methods_dry_run(tmp_path, over, "results/methods/comparison.csv")
+    expected = {"run_lds_scores": 3, "run_single_self_influence": 3, "ensemble_lds": 1, "run_train": 2, "run_curvature": 2 * 2}
+    expected |= {"method_curvature": 2, "method_factors": 2 * 3, "factors": 2 * 3}  # fisher: the sampled-label train factors
     assert {rule: jobs.get(rule) for rule in expected} == expected, jobs
     jobs = methods_dry_run(
         tmp_path, {"compare": {"enabled": True, "methods": ["projection"], "cleanlab_folds": 0}, "factors": {"method": "head_layers"}}
@@ -466,3 +477,58 @@ def test_folds_are_stratified_and_seeded() -> None:
     for c in range(3):
         counts = np.bincount(folds[labels == c], minlength=3)
         assert counts.max() - counts.min() <= 1
+
+
+def test_ensemble_rows_sum_each_runs_scores_and_self_influence(comparison_inputs) -> None:
+    """``ensemble_table``: the ensemble of the first n runs predicts with the sum of the runs' subset
+    scores and ranks with the sum of their self-influence; checked against lds() and
+    ranking_metrics() of hand-made sums, and the comparison gets one row per n."""
+    d, manifest, flipped, paths = comparison_inputs
+    rng = np.random.default_rng(3)
+    test_ids, models = np.arange(200, 210), np.arange(6)
+    truth = rng.normal(size=(len(test_ids), len(models)))
+    outputs = pd.DataFrame(
+        {"test_id": np.repeat(test_ids, len(models)), "model": np.tile(models, len(test_ids)), "neg_loss": truth.ravel()}
+    )
+    write_table(outputs, d / "outputs.parquet")
+    scores, selfs = [], []
+    for r in range(3):
+        s = truth + rng.normal(scale=3.0, size=truth.shape)
+        scores.append(s)
+        score_table = pd.DataFrame(
+            {"test_id": np.repeat(test_ids, len(models)), "model": np.tile(models, len(test_ids)), "score": s.ravel()}
+        )
+        write_table(score_table.sample(frac=1.0, random_state=r), d / f"scores_{r}.parquet")  # row order must not matter
+        si = flipped + rng.normal(scale=2.0, size=len(flipped))
+        selfs.append(si)
+        write_table(pd.DataFrame({"sample_id": np.arange(len(flipped)), "self_influence": si}), d / f"self_{r}.parquet")
+    table = ensemble_table(
+        [str(d / f"scores_{r}.parquet") for r in range(3)],
+        [str(d / f"self_{r}.parquet") for r in range(3)],
+        [0, 4, 7],
+        [str(d / "outputs.parquet")],
+        str(d / "manifest.parquet"),
+        "neg_loss",
+        200,
+        0,
+        str(d / "ensemble.csv"),
+    )
+    assert table.n_runs.tolist() == [1, 2, 3] and table.seeds.tolist() == ["0", "0 4", "0 4 7"]
+    for n in (1, 2, 3):
+        assert table.lds[n - 1] == pytest.approx(lds(sum(scores[:n]), truth)[0])
+        assert table.recall_at_10pct[n - 1] == pytest.approx(ranking_metrics(sum(selfs[:n]), flipped)["recall_at_10pct"])
+    assert table.lds[2] > table.lds[0]  # averaging independent noise: the sum predicts better
+    rows = compare_methods(
+        str(d / "manifest.parquet"),
+        str(d / "mislabel.json"),
+        ["last_layer"],
+        paths["self_influence"][:1],
+        paths["lds"][:1],
+        [],
+        str(d / "comparison.csv"),
+        str(d / "comparison.png"),
+        ensemble_paths=[str(d / "ensemble.csv")],
+        ensemble_variant="last_layer+kfac",
+    )
+    assert rows.row.tolist()[:4] == ["tracin:last_layer", "ensemble:1 run", "ensemble:2 runs", "ensemble:3 runs"]
+    assert rows.lds[3] == pytest.approx(table.lds[2], abs=1e-4) and "K-FAC" in rows.note[3] and "0 4 7" in rows.note[3]

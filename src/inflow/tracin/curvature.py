@@ -212,7 +212,8 @@ def read_curvature(path: str) -> tuple[list[dict[str, np.ndarray]], dict[str, An
 
 
 def fit_checkpoint_curvature(train_factor_path: str, kind: str, damping: float, out_path: str) -> None:
-    """Rule ``curvature``: fit preconditioner ``kind`` on one checkpoint's training factors."""
+    """Rule ``curvature``: fit preconditioner ``kind`` on one checkpoint's training factors (given
+    labels: empirical Fisher; the ``fisher`` split's sampled labels: true Fisher)."""
     _, blocks, meta = read_factor_blocks(train_factor_path)
     factor_meta(train_factor_path, meta, split="train")
     check_method(kind, factor_method(meta))
@@ -229,7 +230,14 @@ def fit_checkpoint_curvature(train_factor_path: str, kind: str, damping: float, 
             row["eig_mean"],
             row["eig_min"],
         )
-    record = {"preconditioner": kind, "damping_factor": damping, "epoch": meta["epoch"], "method": factor_method(meta), "blocks": summary}
+    record = {
+        "preconditioner": kind,
+        "damping_factor": damping,
+        "fisher": "sampled" if meta.get("labels") == "sampled" else "empirical",
+        "epoch": meta["epoch"],
+        "method": factor_method(meta),
+        "blocks": summary,
+    }
     write_curvature(out_path, curvature, {**record, "n_train": len(blocks[0][0]), "widths": block_widths(blocks)})
 
 

@@ -22,6 +22,11 @@ per sample, and TracIn is ``sum_l <a_l, a_l'> <e_l, e_l'>`` (:func:`inflow.traci
 
 A file holds block 0 in columns ``a`` and ``e`` and block ``l >= 1`` in ``a_l`` and ``e_l``; its
 metadata records the method (files without one are ``last_layer``).
+
+Split ``fisher`` (:data:`FISHER_SPLIT`) is the training split with each label replaced by one
+drawn from the model's own prediction, ``y ~ softmax(z)``: its ``e`` are the gradients whose
+second moment is the true Fisher (the curvature preconditioners' ``influence.fisher: sampled``),
+where the ``train`` file's ``e`` (given labels) give the empirical Fisher. ``a`` is the same.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ log = logging.getLogger(__name__)
 Block = tuple[np.ndarray, np.ndarray]  # (a (n, d_a), e (n, d_out)) of one layer
 METHODS = ("last_layer", "head_layers", "projection")
 DEFAULT_METHOD = "last_layer"
+FISHER_SPLIT = "fisher"  # the train split with labels sampled from the model (true-Fisher curvature)
 
 
 def objective_factors(
@@ -165,6 +171,23 @@ def method_batch_factors(
 
         return projected
     raise InflowError(f"factors.method={name!r}: use one of {', '.join(METHODS)}")
+
+
+def sampled_labels(batch_factors: BatchFactors, model: Classifier, seed: int) -> BatchFactors:
+    """``batch_factors`` with each label replaced by ``y ~ Categorical(softmax(model(x)))``.
+
+    The draws come from one CPU generator seeded with ``seed``, batch after batch, so a file is
+    the same on every device and rerun.
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def sampled(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+        with torch.no_grad():
+            probs = torch.softmax(model(x).float(), dim=1).cpu()
+        drawn = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(y.device)
+        return batch_factors(x, drawn)
+
+    return sampled
 
 
 def compute_factors(batch_factors: BatchFactors, data: Split, batch_size: int, device: torch.device) -> list[Block]:
@@ -441,7 +464,7 @@ def extract_factors(
     out_path: str,
     method: dict[str, Any] | None = None,
 ) -> None:
-    """Compute and write the factors of ``split`` at one checkpoint.
+    """Compute and write the factors of ``split`` (train, test or :data:`FISHER_SPLIT`) at one checkpoint.
 
     ``method`` is ``{"method": "last_layer" | "head_layers" | "projection"}`` (plus
     ``projection_dim``, ``projection_seed``); None means ``last_layer``.
@@ -450,6 +473,8 @@ def extract_factors(
     device = resolve_device(device_name)
     side = read_sidecar(sidecar_path)
     manifest, class_names = load_manifest(manifest_path)
+    sampled = split == FISHER_SPLIT
+    split = "train" if sampled else split
     data = load_split(images_path, manifest, split)
     if len(data) == 0:
         raise InflowError(f"{manifest_path}: the {split} split is empty; check the dataset settings and rerun prepare_data")
@@ -460,6 +485,8 @@ def extract_factors(
     batch_factors = method_batch_factors(
         model, method, weights, train_cfg["label_smoothing"], include_bias, group_lrs, float(side["tracin_lr"])
     )
+    if sampled:
+        batch_factors = sampled_labels(batch_factors, model, int(side["epoch"]))
     blocks = compute_factors(batch_factors, data, batch_size, device)
     check_finite(
         str(checkpoint_path),
@@ -472,6 +499,7 @@ def extract_factors(
         "epoch": side["epoch"],
         "tracin_lr": side["tracin_lr"],
         "split": split,
+        "labels": "sampled" if sampled else "given",
         **method_metadata(model, method, side),
         "include_bias": include_bias,
         **block_widths(blocks),
@@ -480,8 +508,9 @@ def extract_factors(
         "manifest": manifest_fingerprint(manifest),
     }
     log.info(
-        "split %s, epoch %s, method %s: %d samples, blocks %s, tracin lr %g",
+        "split %s%s, epoch %s, method %s: %d samples, blocks %s, tracin lr %g",
         split,
+        " (labels sampled from the model)" if sampled else "",
         side["epoch"],
         method["method"],
         len(data),
