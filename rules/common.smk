@@ -348,7 +348,7 @@ CLEANLAB_FOLDS = [str(f) for f in range(config["compare"]["cleanlab_folds"])]
 
 # A compared variant is "<method>" (plain TracIn) or "<method>+<preconditioner>"; its outputs live
 # in results/methods/<method>/<preconditioner>/ (factors, shared by a method's variants, one level up).
-COMPARE_VARIANTS = [tuple((v + "+none").split("+")[:2]) for v in COMPARE_METHODS]
+COMPARE_VARIANTS = [tuple(f"{v}+none".split("+")[:2]) for v in COMPARE_METHODS]
 
 
 wildcard_constraints:
@@ -392,7 +392,7 @@ def method_curvature_factors(wildcards):
 
 # The ensemble rows of the comparison: the main attribution (factors.method + influence.preconditioner)
 # of each run of runs.seeds on its own, added up over the first n runs (rule ensemble_lds).
-MAIN_VARIANT = config["factors"]["method"] + ("" if PRECONDITIONER == "none" else f"+{PRECONDITIONER}")
+MAIN_VARIANT = config["factors"]["method"] if PRECONDITIONER == "none" else f"{config['factors']['method']}+{PRECONDITIONER}"
 
 
 def seed_root(wildcards):
