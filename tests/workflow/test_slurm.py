@@ -22,7 +22,18 @@ from inflow.core.io import read_table
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "tests" / "slurm" / "profile"
-HEAVY_RULES = {"prepare_data", "train", "predict", "factors", "influence_shard", "tile_topk", "retrain", "predict_clean"}
+HEAVY_RULES = {
+    "prepare_data",
+    "train",
+    "predict",
+    "factors",
+    "curvature",
+    "precondition",
+    "influence_shard",
+    "tile_topk",
+    "retrain",
+    "predict_clean",
+}
 
 pytestmark = pytest.mark.slurm
 

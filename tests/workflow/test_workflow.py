@@ -38,6 +38,8 @@ def test_dry_run_shows_the_dag(tmp_path) -> None:
         ("prepare_data", 1),
         ("train", 1),
         ("factors", 4),
+        ("curvature", 2),  # the default preconditioner, K-FAC: one curvature file per checkpoint
+        ("precondition", 4),  # the test and train left sides per checkpoint
         ("influence_shard", 8),
         ("tile_topk", 4),
         ("accumulate_topk", 1),
@@ -71,15 +73,28 @@ def test_outputs_exist_and_intermediates_are_removed(workdir: Path) -> None:
     assert side["epoch"] == 2 and side["tracin_lr"] > 0 and set(side["lr"]) == {"backbone", "head"}
 
 
+def kfac_dense(run: Path, ckpt: int, damping: float) -> np.ndarray:
+    """lr (a_t^T A_d^-1 a_r)(e_t^T S_d^-1 e_r), (n_test, n_train) float64, straight from a run's factor files."""
+    _, a_q, e_q, meta = read_factors(str(run / f"factors/epoch_{ckpt}/test.parquet"))
+    _, a_r, e_r, _ = read_factors(str(run / f"factors/epoch_{ckpt}/train.parquet"))
+    a_q, e_q, a_r, e_r = (x.astype(np.float64) for x in (a_q, e_q, a_r, e_r))
+
+    def damped_inverse(x: np.ndarray) -> np.ndarray:
+        cov = x.T @ x / len(x)
+        return np.linalg.inv(cov + damping * np.linalg.eigvalsh(cov).clip(0).mean() * np.eye(len(cov)))
+
+    return meta["tracin_lr"] * (a_q @ damped_inverse(a_r) @ a_r.T) * (e_q @ damped_inverse(e_r) @ e_r.T)
+
+
+DAMPING = yaml.safe_load((REPO / "config.yaml").read_text())["influence"]["damping"]  # the default: tiny.yaml does not set it
+
+
 def test_workflow_topk_is_exact(workdir: Path) -> None:
-    """topk.parquet equals the top-k of the dense TracIn matrix recomputed from the factor files."""
-    dense = 0.0
-    for c in CKPTS:
-        q_ids, a_q, e_q, meta = read_factors(str(workdir / f"results/factors/epoch_{c}/test.parquet"))
-        r_ids, a_r, e_r, _ = read_factors(str(workdir / f"results/factors/epoch_{c}/train.parquet"))
-        dense = dense + meta["tracin_lr"] * (a_q.astype(np.float64) @ a_r.T.astype(np.float64)) * (
-            e_q.astype(np.float64) @ e_r.T.astype(np.float64)
-        )
+    """topk.parquet equals the top-k of the dense K-FAC influence (the default preconditioner) recomputed
+    from the factor files with explicit damped inverses of A and S."""
+    dense = sum(kfac_dense(workdir / "results", c, DAMPING) for c in CKPTS)
+    q_ids = read_factors(str(workdir / f"results/factors/epoch_{CKPTS[0]}/test.parquet"))[0]
+    r_ids = read_factors(str(workdir / f"results/factors/epoch_{CKPTS[0]}/train.parquet"))[0]
     topk = read_table(workdir / "results/influence/topk.parquet")
     k = int(topk["rank"].max())
     assert k == 5
@@ -105,7 +120,18 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
-HEAVY = {"prepare_data", "train", "predict", "factors", "influence_shard", "tile_topk", "accumulate_topk", "self_influence"}
+HEAVY = {
+    "prepare_data",
+    "train",
+    "predict",
+    "factors",
+    "curvature",
+    "precondition",
+    "influence_shard",
+    "tile_topk",
+    "accumulate_topk",
+    "self_influence",
+}
 
 
 def planned_jobs(workdir: Path, tmp_path: Path, edit: Callable[[Path], None] | None = None, **changes: dict) -> dict[str, int]:
@@ -230,25 +256,16 @@ def test_two_seeds_train_one_more_run_and_compare(workdir: Path, two_runs: Path,
     assert (out / "comparison.png").stat().st_size > 0 and (run / "logs/runs/seed_1/train.log").stat().st_size > 0
 
 
-def test_preconditioner_adds_curvature_jobs_and_reuses_factors(workdir: Path, tmp_path: Path) -> None:
-    jobs = planned_jobs(workdir, tmp_path, influence={"preconditioner": "kfac"})
-    # one curvature per checkpoint; the preconditioned test side and train side (for self-influence) per checkpoint
-    assert jobs.get("curvature") == 2 and jobs.get("precondition") == 4 and jobs.get("influence_shard") == 8, jobs
+def test_another_preconditioner_reuses_factors(workdir: Path, tmp_path: Path) -> None:
+    """Plain TracIn (none) or EK-FAC instead of the default K-FAC: influence reruns, factors and training do not."""
+    jobs = planned_jobs(workdir, tmp_path, influence={"preconditioner": "none"})
+    assert not {"curvature", "precondition"} & set(jobs) and jobs.get("influence_shard") == 8, jobs
     assert {"tile_topk", "accumulate_topk", "self_influence", "mislabel"} <= set(jobs), jobs
     assert not {"prepare_data", "train", "predict", "factors"} & set(jobs), jobs
-
-
-def kfac_dense(run: Path, ckpt: int, damping: float) -> np.ndarray:
-    """lr (a_t^T A_d^-1 a_r)(e_t^T S_d^-1 e_r), (n_test, n_train) float64, straight from a run's factor files."""
-    _, a_q, e_q, meta = read_factors(str(run / f"factors/epoch_{ckpt}/test.parquet"))
-    _, a_r, e_r, _ = read_factors(str(run / f"factors/epoch_{ckpt}/train.parquet"))
-    a_q, e_q, a_r, e_r = (x.astype(np.float64) for x in (a_q, e_q, a_r, e_r))
-
-    def damped_inverse(x: np.ndarray) -> np.ndarray:
-        cov = x.T @ x / len(x)
-        return np.linalg.inv(cov + damping * np.linalg.eigvalsh(cov).clip(0).mean() * np.eye(len(cov)))
-
-    return meta["tracin_lr"] * (a_q @ damped_inverse(a_r) @ a_r.T) * (e_q @ damped_inverse(e_r) @ e_r.T)
+    jobs = planned_jobs(workdir, tmp_path / "ekfac", influence={"preconditioner": "ekfac"})
+    # one curvature per checkpoint; the test and train left sides and the rotated train right side per checkpoint
+    assert jobs.get("curvature") == 2 and jobs.get("precondition") == 6 and jobs.get("influence_shard") == 8, jobs
+    assert not {"prepare_data", "train", "predict", "factors"} & set(jobs), jobs
 
 
 def test_ensemble_of_two_runs_with_kfac_has_the_exact_top_k_of_the_summed_influence(two_runs: Path) -> None:
@@ -256,7 +273,7 @@ def test_ensemble_of_two_runs_with_kfac_has_the_exact_top_k_of_the_summed_influe
     preconditioned influence; the self-influence sums both runs' g^T H^-1 g."""
     run = two_runs
     targets = ("results/influence/topk.parquet", "results/influence/self_influence.parquet")
-    damping = yaml.safe_load((REPO / "config.yaml").read_text())["influence"]["damping"]  # the default: tiny.yaml does not set it
+    damping = DAMPING
     roots = (run / "results", run / "results/runs/seed_1")
     dense = sum(kfac_dense(root, c, damping) for root in roots for c in CKPTS)
     topk = read_table(run / targets[0])
