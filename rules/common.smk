@@ -280,7 +280,12 @@ def replay_outputs():
     """What `snakemake` builds for replay: nothing unless replay.enabled."""
     if not config["replay"]["enabled"]:
         return []
-    return ["results/replay/scores.parquet", "results/replay/topk.parquet", "results/replay/summary.json"]
+    return [
+        "results/replay/scores.parquet",
+        "results/replay/topk.parquet",
+        "results/replay/summary.json",
+        "results/report/replay/targets.png",
+    ]
 
 
 # Replay LDS (rules/replay.smk): the replay run retrained on random subsets (one job per subset

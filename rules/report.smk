@@ -574,7 +574,7 @@ rule export_topk:
         report(
             "results/report/tables/topk.csv",
             caption="../report/export_topk.rst",
-            category="6. CSV exports",
+            category="9. CSV exports",
             labels={"item": "top-k proponents and opponents"},
         ),
     log:
@@ -599,7 +599,7 @@ rule export_test_summary:
         report(
             "results/report/tables/test_summary.csv",
             caption="../report/export_test_summary.rst",
-            category="6. CSV exports",
+            category="9. CSV exports",
             labels={"item": "per-test-sample summary"},
         ),
     log:
@@ -622,7 +622,7 @@ rule export_mislabel_ranking:
         report(
             "results/report/tables/mislabel_ranking.csv",
             caption="../report/export_mislabel_ranking.rst",
-            category="6. CSV exports",
+            category="9. CSV exports",
             labels={"item": "full mislabel ranking"},
         ),
     log:
@@ -730,7 +730,7 @@ rule inspection_page:
         picture=report(
             "results/report/inspection/train_{train_id}.png",
             caption="../report/inspection_page.rst",
-            category="7. Training samples",
+            category="3. Influence",
             labels={"item": "training sample {train_id}"},
         ),
         cells="results/report/inspection/train_{train_id}.csv",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 
 import matplotlib
 
@@ -33,6 +34,7 @@ from inflow.report.tables import load_samples  # noqa: E402
 log = logging.getLogger(__name__)
 
 CELL_COLUMNS = ["panel", "position", "sample_id", "value", "caption"]
+MIN_WIDTH = 10.0  # inches: room for the headings when a panel has only one or two columns
 
 
 def cells_of(panel: str, ids: list[int] | np.ndarray, values: list[float] | np.ndarray, captions: list[str]) -> pd.DataFrame:
@@ -55,14 +57,15 @@ def two_panel_figure(
     """Two galleries side by side. ``panels``: ``(name, table with train_id and value, colour, captions, heading)``."""
     ncols = max(1, ncols)
     nrows = max(1, max(math.ceil(len(t) / ncols) for _, t, _, _, _ in panels))
-    fig = Figure(figsize=(2 * ncols * CELL_W + 0.5, nrows * CELL_H + 1.0), layout="constrained")
+    width = max(2 * ncols * CELL_W + 0.5, MIN_WIDTH)
+    fig = Figure(figsize=(width, nrows * CELL_H + 1.3), layout="constrained")
     subs = fig.subfigures(1, len(panels))
     cells = []
     for sub, (name, table, color, caps, heading) in zip(np.atleast_1d(subs), panels):
         ids = table.train_id.to_numpy()
         draw_cells(sub, load_images(images_path, samples, ids), caps, [color] * len(ids), ncols, heading)
         cells.append(cells_of(name, ids, table.value.to_numpy(), caps))
-    fig.suptitle(title, fontsize=14, fontweight="bold")
+    fig.suptitle(textwrap.fill(title, int(width * 8)), fontsize=13, fontweight="bold")
     return fig, pd.concat(cells, ignore_index=True)
 
 
@@ -76,13 +79,13 @@ def class_gallery(cls: str, tops: pd.DataFrame, samples: pd.DataFrame, images_pa
     mine = tops[tops["class"] == cls]
     n_test = int(((samples.split == "test") & (samples.label_name == cls)).sum())
     panels = []
-    for side, color, word in (("positive", GOOD, "helpful: largest positive"), ("negative", BAD, "harmful: largest negative")):
+    for side, color, word in (("positive", GOOD, "positive"), ("negative", BAD, "negative")):
         part = mine[mine.side == side].sort_values("rank").assign(value=lambda d: d.influence)
         caps = [
             f"#{r.rank} train {r.train_id}{flip_note(r.flipped)}\nlabel: {r.label}  pred: {r.pred}\nsum {r.influence:+.3g} over {r.n_tests} tests"
             for r in part.itertuples()
         ]
-        panels.append((side, part, color, caps, f"Most {word} influence on {cls}"))
+        panels.append((side, part, color, caps, f"Largest {word} influence"))
     title = f"Class {cls}: training images with the largest influence on its {n_test} test images (summed over their top-k lists)"
     return two_panel_figure(samples, images_path, panels, title, ncols)
 
@@ -101,7 +104,7 @@ def magnitude_gallery(training: pd.DataFrame, samples: pd.DataFrame, images_path
             f"net {r.net_influence:+.3g}, helps {r.n_helped}"
             for r in part.itertuples()
         ]
-        panels.append((side, part, color, caps, f"Most {side} (net influence {'>' if side == 'helpful' else '<'} 0, strongest first)"))
+        panels.append((side, part, color, caps, f"Most {side} (net influence {'>' if side == 'helpful' else '<'} 0)"))
     title = f"Training images by influence summed over all {n_test} test samples (net = positive + negative)"
     return two_panel_figure(samples, images_path, panels, title, ncols)
 
@@ -121,7 +124,8 @@ def inspection_page(
     s = samples.set_index("sample_id")
     mine = topk[topk.train_id == train_id]
     ncols = max(1, math.ceil(n / 2))
-    fig = Figure(figsize=(1.3 * CELL_W * 1.6 + 2 * ncols * CELL_W, 2 * CELL_H + 1.0), layout="constrained")
+    width = max(1.3 * CELL_W * 1.6 + 2 * ncols * CELL_W, MIN_WIDTH + 2)
+    fig = Figure(figsize=(width, 2 * CELL_H + 1.0), layout="constrained")
     left, pro_fig, opp_fig = fig.subfigures(1, 3, width_ratios=[1.6 * 1.3, ncols, ncols])
     truth = f"\ntrue label: {s.loc[train_id, 'true_label_name']}" if pd.notna(me.flipped) and bool(me.flipped) else ""
     cap = (
@@ -139,7 +143,7 @@ def inspection_page(
             for i, lab, p, v, k in zip(part.test_id, test.label_name, test.pred_name, part.influence, part["rank"])
         ]
         ids = part.test_id.to_numpy()
-        heading = f"Test images it {word} most ({len(mine[mine.kind == kind])} top-k lists)"
+        heading = f"It {word} most\n(in {len(mine[mine.kind == kind])} top-k {kind} lists)"
         draw_cells(sub, load_images(images_path, samples, ids), caps, [col] * len(ids), ncols, heading)
         cells.append(cells_of(panel, ids, part.influence.to_numpy(), caps))
     fig.suptitle(f"Training sample {train_id}: what it does to the test set", fontsize=14, fontweight="bold")
