@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 
 import matplotlib
 
@@ -79,11 +80,8 @@ def replay_picture(
                 )
             )
     sign = "-dloss/dw_i" if objective == "loss" else "+dmargin/dw_i"
-    fig.suptitle(
-        f"Replay (exact metagradient) attribution of {len(targets)} target(s): influence = {sign}, positive = proponent",
-        fontsize=13,
-        fontweight="bold",
-    )
+    title = f"Replay (exact metagradient) attribution of {len(targets)} target(s): influence = {sign}, positive = proponent"
+    fig.suptitle(textwrap.fill(title, int(width * 7)), fontsize=13, fontweight="bold")
     return fig, pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=CELL_COLUMNS)
 
 
