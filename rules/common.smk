@@ -163,6 +163,8 @@ def all_outputs():
         *REPORT_OUTPUTS,
         class_dashboards,
         test_sample_grids,
+        class_galleries,
+        inspection_pages,
         *replay_outputs(),
         *replay_lds_outputs(),
         *lds_outputs(),
@@ -229,6 +231,14 @@ REPORT_OUTPUTS = [
     "results/report/grids/mispredictions.png",
     "results/report/grids/mislabel_candidates.png",
     "results/report/grids/most_influential.png",
+    "results/report/tables/training_influence.csv",
+    "results/report/tables/class_top_influences.csv",
+    "results/report/tables/confusion_pairs.csv",
+    "results/report/tables/recommendations.csv",
+    "results/report/tables/topk.csv",
+    "results/report/tables/test_summary.csv",
+    "results/report/tables/mislabel_ranking.csv",
+    "results/report/grids/influence_magnitude.png",
 ]
 
 
@@ -246,6 +256,18 @@ def class_dashboards(wildcards=None):
 def test_sample_grids(wildcards=None):
     """One proponents/opponents picture per selected test sample (config report.test_samples)."""
     return expand("results/report/grids/test_samples/test_{test_id}.png", test_id=selected_items()["test_samples"])
+
+
+def class_galleries(wildcards=None):
+    """One gallery of the most positive and negative training images per selected class."""
+    return expand("results/report/grids/classes/{cls}.png", cls=selected_items()["classes"])
+
+
+def inspection_pages(wildcards=None):
+    """One inspection page per training sample of the inspection_selection checkpoint."""
+    with checkpoints.inspection_selection.get().output[0].open() as fh:
+        ids = json.load(fh)["train_samples"]
+    return expand("results/report/inspection/train_{train_id}.png", train_id=ids)
 
 
 def loss_settings():
@@ -272,7 +294,12 @@ def replay_outputs():
     """What `snakemake` builds for replay: nothing unless replay.enabled."""
     if not config["replay"]["enabled"]:
         return []
-    return ["results/replay/scores.parquet", "results/replay/topk.parquet", "results/replay/summary.json"]
+    return [
+        "results/replay/scores.parquet",
+        "results/replay/topk.parquet",
+        "results/replay/summary.json",
+        "results/report/replay/targets.png",
+    ]
 
 
 # Replay LDS (rules/replay.smk): the replay run retrained on random subsets (one job per subset

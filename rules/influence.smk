@@ -56,6 +56,7 @@ rule accumulate_topk:
     output:
         topk=ensure("results/influence/topk.parquet", non_empty=True),
         summary=ensure("results/influence/test_summary.parquet", non_empty=True),
+        train_summary=ensure("results/influence/train_summary.parquet", non_empty=True),
     log:
         "logs/accumulate_topk.log",
     benchmark:

@@ -81,6 +81,56 @@ rule replay_merge:
         "../workflow_scripts/replay_merge.py"
 
 
+# Pictures: every target beside its most positive and most negative training images by metagradient,
+# and any one target alone.
+rule replay_picture:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        targets="results/replay/targets.parquet",
+        topk="results/replay/topk.parquet",
+    output:
+        picture=report(
+            "results/report/replay/targets.png",
+            caption="../report/replay_picture.rst",
+            category="7. Validation",
+            labels={"item": "replay targets and their training images"},
+        ),
+        cells="results/report/replay/targets.csv",
+    log:
+        "logs/replay_picture/targets.log",
+    benchmark:
+        "logs/benchmarks/replay_picture/targets.tsv"
+    localrule: True
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=scaled(2000),
+        runtime=scaled(10),
+    params:
+        n=config["report"]["neighbours"],
+    script:
+        "../workflow_scripts/replay_picture.py"
+
+
+use rule replay_picture as replay_target_picture with:
+    output:
+        picture=report(
+            "results/report/replay/target_{test_id}.png",
+            caption="../report/replay_picture.rst",
+            category="7. Validation",
+            labels={"item": "replay target {test_id}"},
+        ),
+        cells="results/report/replay/target_{test_id}.csv",
+    log:
+        "logs/replay_picture/target_{test_id}.log",
+    benchmark:
+        "logs/benchmarks/replay_picture/target_{test_id}.tsv"
+    wildcard_constraints:
+        test_id=r"\d+",
+
+
 # Replay LDS: the replay run retrained on random subsets (w_i = 0 for the dropped samples; one
 # job per subset model and alpha), TracIn on the replay run's states, and the LDS of both.
 

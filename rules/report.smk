@@ -24,6 +24,17 @@ localrules:
     grid_test_sample,
     grid_influential,
     grid_mislabel_candidates,
+    training_influence,
+    class_top_influences,
+    confusion_pairs,
+    recommendations,
+    export_topk,
+    export_test_summary,
+    export_mislabel_ranking,
+    class_gallery,
+    grid_influence_magnitude,
+    inspection_selection,
+    inspection_page,
     review_report,
 
 
@@ -198,6 +209,7 @@ rule influence_report:
         stats="results/report/tables/influence_stats.parquet",
         ranking="results/mislabel/ranking.parquet",
         mislabel_metrics="results/mislabel/mislabel_metrics.json",
+        recommendations="results/report/tables/recommendations.parquet",
     output:
         report(
             "results/report/influence_report.txt",
@@ -228,6 +240,7 @@ rule dashboard:
         cross_summary="results/report/tables/misprediction_cross_summary.parquet",
         matrix="results/report/tables/class_influence_matrix.parquet",
         mislabel_metrics="results/mislabel/mislabel_metrics.json",
+        recommendations="results/report/tables/recommendations.parquet",
     output:
         report(
             "results/report/figures/dashboard.png",
@@ -440,9 +453,309 @@ rule grid_mislabel_candidates:
         "../workflow_scripts/grid_mislabel_candidates.py"
 
 
+rule training_influence:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        train_summary="results/influence/train_summary.parquet",
+    output:
+        table="results/report/tables/training_influence.parquet",
+        csv=report(
+            "results/report/tables/training_influence.csv",
+            caption="../report/training_influence.rst",
+            category="3. Influence",
+            labels={"item": "training samples by summed influence (table)"},
+        ),
+    log:
+        "logs/report/training_influence.log",
+    benchmark:
+        "logs/benchmarks/report/training_influence.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES,
+    script:
+        "../workflow_scripts/training_influence.py"
+
+
+rule class_top_influences:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        table="results/report/tables/class_top_influences.parquet",
+        csv=report(
+            "results/report/tables/class_top_influences.csv",
+            caption="../report/class_top_influences.rst",
+            category="5. Per class",
+            labels={"class": "all", "item": "largest positive and negative influences per class (table)"},
+        ),
+    log:
+        "logs/report/class_top_influences.log",
+    benchmark:
+        "logs/benchmarks/report/class_top_influences.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES,
+    params:
+        n=config["report"]["neighbours"],
+    script:
+        "../workflow_scripts/class_top_influences.py"
+
+
+rule confusion_pairs:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        table="results/report/tables/confusion_pairs.parquet",
+        csv=report(
+            "results/report/tables/confusion_pairs.csv",
+            caption="../report/confusion_pairs.rst",
+            category="2. Mispredictions",
+            labels={"item": "confusion pairs"},
+        ),
+    log:
+        "logs/report/confusion_pairs.log",
+    benchmark:
+        "logs/benchmarks/report/confusion_pairs.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES,
+    params:
+        n=config["report"]["neighbours"],
+    script:
+        "../workflow_scripts/confusion_pairs.py"
+
+
+rule recommendations:
+    input:
+        health="results/report/tables/health_score.parquet",
+        pairs="results/report/tables/confusion_pairs.parquet",
+        training="results/report/tables/training_influence.parquet",
+        ranking="results/mislabel/ranking.parquet",
+    output:
+        table="results/report/tables/recommendations.parquet",
+        csv=report(
+            "results/report/tables/recommendations.csv",
+            caption="../report/recommendations.rst",
+            category="1. Overview",
+            labels={"item": "recommendations"},
+        ),
+    log:
+        "logs/report/recommendations.log",
+    benchmark:
+        "logs/benchmarks/report/recommendations.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES_SMALL,
+    params:
+        budget=config["clean"]["budget"],
+    script:
+        "../workflow_scripts/recommendations.py"
+
+
+# Plain CSV copies of core tables, for spreadsheets.
+rule export_topk:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        report(
+            "results/report/tables/topk.csv",
+            caption="../report/export_topk.rst",
+            category="9. CSV exports",
+            labels={"item": "top-k proponents and opponents"},
+        ),
+    log:
+        "logs/report/export_topk.log",
+    benchmark:
+        "logs/benchmarks/report/export_topk.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES,
+    script:
+        "../workflow_scripts/export_topk.py"
+
+
+rule export_test_summary:
+    input:
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        summary="results/influence/test_summary.parquet",
+    output:
+        report(
+            "results/report/tables/test_summary.csv",
+            caption="../report/export_test_summary.rst",
+            category="9. CSV exports",
+            labels={"item": "per-test-sample summary"},
+        ),
+    log:
+        "logs/report/export_test_summary.log",
+    benchmark:
+        "logs/benchmarks/report/export_test_summary.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES_SMALL,
+    script:
+        "../workflow_scripts/export_test_summary.py"
+
+
+rule export_mislabel_ranking:
+    input:
+        "results/mislabel/ranking.parquet",
+    output:
+        report(
+            "results/report/tables/mislabel_ranking.csv",
+            caption="../report/export_mislabel_ranking.rst",
+            category="9. CSV exports",
+            labels={"item": "full mislabel ranking"},
+        ),
+    log:
+        "logs/report/export_mislabel_ranking.log",
+    benchmark:
+        "logs/benchmarks/report/export_mislabel_ranking.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES_SMALL,
+    script:
+        "../workflow_scripts/export_mislabel_ranking.py"
+
+
+rule class_gallery:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        tops="results/report/tables/class_top_influences.parquet",
+    output:
+        picture=report(
+            "results/report/grids/classes/{cls}.png",
+            caption="../report/class_gallery.rst",
+            category="5. Per class",
+            labels={"class": "{cls}", "item": "gallery"},
+        ),
+        cells="results/report/grids/classes/{cls}.csv",
+    log:
+        "logs/report/class_gallery/{cls}.log",
+    benchmark:
+        "logs/benchmarks/report/class_gallery/{cls}.tsv"
+    wildcard_constraints:
+        cls=r"[^/]+",
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES,
+    params:
+        ncols=max(1, config["report"]["neighbours"] // 2),
+    script:
+        "../workflow_scripts/class_gallery.py"
+
+
+rule grid_influence_magnitude:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        training="results/report/tables/training_influence.parquet",
+    output:
+        picture=report(
+            "results/report/grids/influence_magnitude.png",
+            caption="../report/grid_influence_magnitude.rst",
+            category="3. Influence",
+            labels={"item": "most helpful and harmful training images by summed influence"},
+        ),
+        cells="results/report/grids/influence_magnitude.csv",
+    log:
+        "logs/report/grid_influence_magnitude.log",
+    benchmark:
+        "logs/benchmarks/report/grid_influence_magnitude.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES,
+    params:
+        n=config["report"]["neighbours"],
+    script:
+        "../workflow_scripts/grid_influence_magnitude.py"
+
+
+checkpoint inspection_selection:
+    input:
+        "results/report/tables/training_influence.parquet",
+    output:
+        "results/report/inspection.json",
+    log:
+        "logs/report/inspection_selection.log",
+    benchmark:
+        "logs/benchmarks/report/inspection_selection.tsv"
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES_SMALL,
+    params:
+        n=config["report"]["inspect_samples"],
+        chosen=config["report"]["train_samples"],
+    script:
+        "../workflow_scripts/inspection_selection.py"
+
+
+rule inspection_page:
+    input:
+        images="results/data/images.npy",
+        manifest="results/data/manifest.parquet",
+        predictions="results/predictions/predictions.parquet",
+        training="results/report/tables/training_influence.parquet",
+        topk="results/influence/topk.parquet",
+    output:
+        picture=report(
+            "results/report/inspection/train_{train_id}.png",
+            caption="../report/inspection_page.rst",
+            category="3. Influence",
+            labels={"item": "training sample {train_id}"},
+        ),
+        cells="results/report/inspection/train_{train_id}.csv",
+    log:
+        "logs/report/inspection_page/train_{train_id}.log",
+    benchmark:
+        "logs/benchmarks/report/inspection_page/train_{train_id}.tsv"
+    wildcard_constraints:
+        train_id=r"\d+",
+    conda:
+        "../envs/inflow.yaml"
+    threads: 1
+    resources:
+        **REPORT_RESOURCES,
+    params:
+        n=config["report"]["neighbours"],
+    script:
+        "../workflow_scripts/inspection_page.py"
+
+
 # The whole report stage and nothing after it (cleaning, replay): `snakemake review_report`.
 rule review_report:
     input:
         REPORT_OUTPUTS,
         class_dashboards,
         test_sample_grids,
+        class_galleries,
+        inspection_pages,

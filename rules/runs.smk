@@ -93,6 +93,7 @@ use rule accumulate_topk as run_accumulate_topk with:
     output:
         topk=ensure(f"{RUN_ROOT}/influence/topk.parquet", non_empty=True),
         summary=ensure(f"{RUN_ROOT}/influence/test_summary.parquet", non_empty=True),
+        train_summary=ensure(f"{RUN_ROOT}/influence/train_summary.parquet", non_empty=True),
     log:
         "logs/runs/seed_{run_seed}/accumulate_topk.log",
     benchmark:

@@ -201,7 +201,8 @@ def job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb=1024):
-    """The workflow's influence stage on ``factor_files``: shards per checkpoint and tile, tile top-k, accumulation; (topk, summary) tables."""
+    """The workflow's influence stage on ``factor_files``: shards per checkpoint and tile, tile top-k, accumulation; (topk, summary)
+    tables (the per-training-sample summary is left in ``tmp_path / "train_summary.parquet"``)."""
     tiles = {}
     for q in range(n_test_tiles):
         for r in range(n_train_tiles):
@@ -214,7 +215,14 @@ def run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, k, memory_mb=10
             tiles[(q, r)] = str(tmp_path / f"tile_{tile}.npz")
             tile_topk(shards, paths[(max(lrs), "train")], tile, n_train_tiles, k, tiles[(q, r)], memory_mb)
     accumulate_topk(
-        tiles, paths[(max(lrs), "test")], n_test_tiles, n_train_tiles, k, str(tmp_path / "topk.parquet"), str(tmp_path / "summary.parquet")
+        tiles,
+        paths[(max(lrs), "test")],
+        n_test_tiles,
+        n_train_tiles,
+        k,
+        str(tmp_path / "topk.parquet"),
+        str(tmp_path / "summary.parquet"),
+        str(tmp_path / "train_summary.parquet"),
     )
     return read_table(tmp_path / "topk.parquet"), read_table(tmp_path / "summary.parquet")
 

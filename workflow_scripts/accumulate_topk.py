@@ -12,4 +12,5 @@ run(
     k=snakemake.params.top_k,
     topk_out=snakemake.output.topk,
     summary_out=snakemake.output.summary,
+    train_summary_out=snakemake.output.train_summary,
 )

@@ -13,4 +13,5 @@ run(
     matrix_path=snakemake.input.matrix,
     mislabel_metrics_path=snakemake.input.mislabel_metrics,
     out=snakemake.output[0],
+    recommendations_path=snakemake.input.recommendations,
 )

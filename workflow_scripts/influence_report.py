@@ -13,4 +13,5 @@ run(
     ranking_path=snakemake.input.ranking,
     mislabel_metrics_path=snakemake.input.mislabel_metrics,
     out=snakemake.output[0],
+    recommendations_path=snakemake.input.recommendations,
 )

@@ -20,6 +20,7 @@ from conftest import TINY, dry_run_jobs
 from replay_cases import REPLAY_SGD as REPLAY
 from torch import nn
 
+from inflow.core.errors import InflowError
 from inflow.core.io import read_metadata, read_table
 from inflow.model.losses import per_sample_loss
 from inflow.replay import engine as R
@@ -226,6 +227,10 @@ def test_schedule_and_target_selection() -> None:
     chosen = select_targets(preds, "mispredicted", 2, 1)
     assert chosen.test_id.tolist() == [7, 8] and chosen.group.tolist() == [0, 1]
     assert select_targets(preds, "test", 3, 2).group.tolist() == [0, 0, 1]
+    by_id = select_targets(preds, "mispredicted", 2, 1, ids=[8, 6])  # replay.target_ids wins, in its order
+    assert by_id.test_id.tolist() == [8, 6] and by_id.group.tolist() == [0, 1] and list(by_id.columns) == list(chosen.columns)
+    with pytest.raises(InflowError, match=r"replay.target_ids: \[9\] are not test sample ids"):
+        select_targets(preds, "test", 3, 1, ids=[5, 9])
 
 
 def test_workflow_functions(images_8px, tmp_path: Path, caplog) -> None:

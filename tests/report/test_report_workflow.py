@@ -28,6 +28,14 @@ FIXED_OUTPUTS = [
     "results/report/grids/mispredictions.png",
     "results/report/grids/mislabel_candidates.png",
     "results/report/grids/most_influential.png",
+    "results/report/tables/training_influence.csv",
+    "results/report/tables/class_top_influences.csv",
+    "results/report/tables/confusion_pairs.csv",
+    "results/report/tables/recommendations.csv",
+    "results/report/tables/topk.csv",
+    "results/report/tables/test_summary.csv",
+    "results/report/tables/mislabel_ranking.csv",
+    "results/report/grids/influence_magnitude.png",
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,11 +49,15 @@ def snakemake(workdir: Path, *args: str) -> str:
 
 
 def selected_pictures(wd: Path) -> list[str]:
-    """The per-class and per-test-sample pictures built for the report config above."""
+    """The per-class, per-test-sample and per-training-sample pictures built for the report config above."""
     test_ids = json.loads((wd / "results/report/selection.json").read_text())["test_samples"]
-    return [f"results/report/figures/classes/{c}.png" for c in ("disk", "ring")] + [
-        f"results/report/grids/test_samples/test_{i}.png" for i in test_ids
-    ]
+    train_ids = json.loads((wd / "results/report/inspection.json").read_text())["train_samples"]
+    return (
+        [f"results/report/figures/classes/{c}.png" for c in ("disk", "ring")]
+        + [f"results/report/grids/classes/{c}.png" for c in ("disk", "ring")]
+        + [f"results/report/grids/test_samples/test_{i}.png" for i in test_ids]
+        + [f"results/report/inspection/train_{i}.png" for i in train_ids]
+    )
 
 
 @pytest.fixture
@@ -115,8 +127,10 @@ def test_report_html_embeds_every_picture(workdir: Path, tmp_path: Path) -> None
     for rel in FIXED_OUTPUTS + selected_pictures(workdir):
         content = (workdir / rel).read_bytes()
         assert content in embedded.get(Path(rel).name, []), f"{rel} is not embedded in report.html"
-    n_png = sum(1 for name in embedded if name.endswith(".png"))
+    n_png = len(
+        {(name, data) for name, datas in embedded.items() if name.endswith(".png") for data in datas}
+    )  # disk.png: dashboard and gallery
     assert n_png == sum(1 for rel in FIXED_OUTPUTS + selected_pictures(workdir) if rel.endswith(".png"))
-    for category in ("1. Overview", "2. Mispredictions", "3. Influence", "4. Mislabel candidates", "5. Per class"):
+    for category in ("1. Overview", "2. Mispredictions", "3. Influence", "4. Mislabel candidates", "5. Per class", "9. CSV exports"):
         assert category in html, category
     assert "health score = 100 * (number of test samples with net influence &gt; 0)" in html  # the caption states how it is computed

@@ -31,6 +31,11 @@ def test_tiled_topk_equals_dense_topk(factor_files, tmp_path, n_test_tiles, n_tr
     np.testing.assert_allclose(summary.positive_sum, np.where(dense > 0, dense, 0).sum(1), rtol=1e-5)
     np.testing.assert_allclose(summary.negative_sum, np.where(dense < 0, dense, 0).sum(1), rtol=1e-5)
     np.testing.assert_array_equal(summary.n_positive, (dense > 0).sum(1))
+    train = read_table(tmp_path / "train_summary.parquet")  # column sums: every training sample over every test sample
+    np.testing.assert_array_equal(train.train_id, arrays[(3, "train")][0])
+    np.testing.assert_allclose(train.positive_sum, np.where(dense > 0, dense, 0).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(train.net_influence, dense.sum(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(train.n_positive, (dense > 0).sum(0))
 
 
 def test_topk_of_per_checkpoint_topk_is_not_exact(factor_files) -> None:

@@ -136,6 +136,10 @@ BAD = {
         {"replay": {"enabled": True, "targets": "test", "max_targets": 41}},
         "replay.max_targets=41 is more than the 40 test images; lower it",
     ),
+    "replay target ids beyond max_targets": (
+        {"replay": {"target_ids": [1, 2, 3], "max_targets": 2}},
+        "replay.target_ids lists 3 test samples but replay.max_targets=2; raise max_targets",
+    ),
     "replay Nesterov without momentum": (
         {"replay": {"optimizer": "sgd", "nesterov": True, "momentum": 0}},
         "replay.nesterov: Nesterov momentum needs replay.momentum > 0",

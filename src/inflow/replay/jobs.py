@@ -146,9 +146,17 @@ def predict_state(fm: FunctionalModel, state: State, x: Tensor, y: Tensor, batch
     return pd.concat(parts, ignore_index=True)
 
 
-def select_targets(preds: pd.DataFrame, kind: str, max_targets: int, group_size: int) -> pd.DataFrame:
-    """The replay targets with their group: ``mispredicted`` (most confident mistakes first) or ``test`` (manifest order)."""
-    if kind == "mispredicted":
+def select_targets(preds: pd.DataFrame, kind: str, max_targets: int, group_size: int, ids: list[int] | None = None) -> pd.DataFrame:
+    """The replay targets with their group: the test samples ``ids`` in that order when given (config
+    ``replay.target_ids``), else ``mispredicted`` (most confident mistakes first) or ``test`` (manifest order)."""
+    if ids:
+        unknown = sorted(set(ids) - set(preds.test_id))
+        if unknown:
+            raise InflowError(f"replay.target_ids: {unknown} are not test sample ids; pick sample_ids of the test split")
+        if len(ids) > max_targets:
+            raise InflowError(f"replay.target_ids lists {len(ids)} test samples but replay.max_targets={max_targets}; raise max_targets")
+        chosen = preds.set_index("test_id").loc[list(ids)].reset_index()
+    elif kind == "mispredicted":
         chosen = preds[preds.pred != preds.label].sort_values(["confidence", "test_id"], ascending=[False, True], kind="stable")
     elif kind == "test":
         chosen = preds
@@ -271,7 +279,9 @@ def train_replay(
         float((train_pred.pred == train_pred.label).mean()),
         float((preds.pred == preds.label).mean()),
     )
-    targets = select_targets(preds, replay_cfg["targets"], replay_cfg["max_targets"], replay_cfg["group_size"])
+    targets = select_targets(
+        preds, replay_cfg["targets"], replay_cfg["max_targets"], replay_cfg["group_size"], replay_cfg.get("target_ids") or None
+    )
     log.info("%d replay targets (%s) in %d groups", len(targets), replay_cfg["targets"], targets.group.nunique())
 
     offsets = np.cumsum([0] + [len(b) for b in schedule.batches])

@@ -160,6 +160,17 @@ def top_samples_panel(ax: Axes, table: pd.DataFrame, kind: str, title: str) -> N
         ax.text(0.99, 0.02, "orange: label was flipped on purpose", transform=ax.transAxes, ha="right", fontsize=8, color=FLIPPED)
 
 
+def recommendations_panel(ax: Axes, recommendations: pd.DataFrame) -> None:
+    """The recommendations table (topic, recommendation, source) as a text block."""
+    ax.set_axis_off()
+    ax.set_title("Recommendations (each from the table named in brackets)", loc="left", fontweight="bold")
+    text = "\n".join(
+        textwrap.fill(f"{r.topic.upper()}: {r.recommendation} [{r.source}]", 190, subsequent_indent="   ")
+        for r in recommendations.itertuples()
+    )
+    ax.text(0.0, 1.0, text, va="top", ha="left", fontsize=10, transform=ax.transAxes, linespacing=1.5)
+
+
 def findings_panel(ax: Axes, findings: list[str]) -> None:
     """Key findings as a bulleted text block."""
     ax.set_axis_off()
@@ -180,11 +191,13 @@ def overall_dashboard(
     influential: pd.DataFrame,
     health: dict[str, Any],
     findings: list[str],
+    recommendations: pd.DataFrame | None = None,
 ) -> Figure:
     """Accuracy, confusion matrix, health score, influence distributions, net influence per test
-    sample, top helpful training samples and key findings on one page."""
-    fig = Figure(figsize=(20, 14), layout="constrained")
-    gs = fig.add_gridspec(3, 3, height_ratios=[1.15, 1, 0.42])
+    sample, top helpful training samples, key findings and (when given) the recommendations on one page."""
+    recs = recommendations is not None and len(recommendations) > 0
+    fig = Figure(figsize=(20, 16.5 if recs else 14), layout="constrained")
+    gs = fig.add_gridspec(4 if recs else 3, 3, height_ratios=[1.15, 1, 0.42, 0.4][: 4 if recs else 3])
     accuracy_panel(fig.add_subplot(gs[0, 0]), samples)
     confusion_panel(fig.add_subplot(gs[0, 1]), samples, class_names)
     health_panel(fig.add_subplot(gs[0, 2]), health)
@@ -192,6 +205,8 @@ def overall_dashboard(
     net_influence_panel(fig.add_subplot(gs[1, 1]), summary, samples)
     top_samples_panel(fig.add_subplot(gs[1, 2]), most_helpful(influential, 10), "proponent", "Most helpful training samples")
     findings_panel(fig.add_subplot(gs[2, :]), findings)
+    if recs:
+        recommendations_panel(fig.add_subplot(gs[3, :]), recommendations)
     n = samples.split.value_counts()
     fig.suptitle(
         f"inflow overall dashboard: {n.get('train', 0)} training, {n.get('test', 0)} test samples, {len(class_names)} classes",
@@ -363,8 +378,9 @@ def write_dashboard(
     matrix_path: str,
     mislabel_metrics_path: str,
     out: str,
+    recommendations_path: str | None = None,
 ) -> None:
-    """Rule ``dashboard``: the overall dashboard."""
+    """Rule ``dashboard``: the overall dashboard (with the recommendations table when given)."""
     samples, class_names = load_samples(manifest_path, predictions_path)
     influential, health = read_table(influential_path), read_table(health_path)
     findings = key_findings(
@@ -372,7 +388,9 @@ def write_dashboard(
     )
     for f in findings:
         log.info("finding: %s", f)
-    save_figure(overall_dashboard(samples, class_names, read_table(summary_path), influential, overall_health(health), findings), out)
+    recs = read_table(recommendations_path) if recommendations_path else None
+    fig = overall_dashboard(samples, class_names, read_table(summary_path), influential, overall_health(health), findings, recs)
+    save_figure(fig, out)
 
 
 def write_class_dashboard(

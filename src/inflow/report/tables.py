@@ -367,8 +367,10 @@ def text_summary(
     ranking: pd.DataFrame,
     mislabel_metrics: dict[str, Any],
     n_show: int = 10,
+    recommendations: pd.DataFrame | None = None,
 ) -> str:
-    """The plain-text influence report: headline numbers a reviewer reads first."""
+    """The plain-text influence report: headline numbers a reviewer reads first, then the
+    ``recommendations`` (``topic, recommendation, source`` rows) when given."""
     acc = accuracy_by_split(samples)
     test = samples[samples.split == "test"]
     h = overall_health(health)
@@ -417,6 +419,10 @@ def text_summary(
             f"Against the {mislabel_metrics['n_flipped']} injected label flips: inspecting the top 10% finds {100 * m['recall_at_10pct']:.1f}% of them "
             f"(precision {100 * m['precision_at_10pct']:.1f}%), AUROC {m['auroc']:.3f}"
         )
+    if recommendations is not None:
+        lines += ["", "Findings and recommendations", "----------------------------"]
+        for r in recommendations.itertuples():
+            lines.append(textwrap.fill(f"{r.topic}: {r.recommendation} [from {r.source}]", 100, subsequent_indent="    "))
     return "\n".join(lines) + "\n"
 
 
@@ -529,8 +535,9 @@ def write_text_report(
     ranking_path: str,
     mislabel_metrics_path: str,
     out: str,
+    recommendations_path: str | None = None,
 ) -> None:
-    """Rule ``influence_report``: the plain-text summary."""
+    """Rule ``influence_report``: the plain-text summary (with the recommendations table when given)."""
     samples, _ = load_samples(manifest_path, predictions_path)
     health = read_table(health_path)
     text = text_summary(
@@ -541,6 +548,7 @@ def write_text_report(
         read_table(stats_path),
         read_table(ranking_path),
         read_json(mislabel_metrics_path),
+        recommendations=read_table(recommendations_path) if recommendations_path else None,
     )
     with atomic_path(out) as tmp:
         tmp.write_text(text)

@@ -81,13 +81,16 @@ def tile_topk(
     device_name: str = "cpu",
     checkpoint_factors: list[str] | None = None,
 ) -> None:
-    """Sum one tile's shards over checkpoints; save its row top-k (train sample ids) and row sums.
+    """Sum one tile's shards over checkpoints; save its row top-k (train sample ids), row sums and column sums.
 
     Rows are processed in chunks that fit ``memory_mb``. ``checkpoint_factors``, the test and
     train factor files of every checkpoint, are checked (when given) to list the same samples
     in the same order, so that the shards' rows and columns line up when summed. The ``.npz`` holds
     ``proponent_values/ids``, ``opponent_values/ids`` ``(n_test_tile, k')`` and
-    ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``.
+    ``positive_sum``, ``negative_sum``, ``n_positive`` ``(n_test_tile,)``: over the tile's training
+    samples, the sums of the positive and of the negative influences and the count of positive
+    ones; and the same over the tile's test samples for every column: ``train_ids``,
+    ``train_positive_sum``, ``train_negative_sum``, ``train_n_positive`` ``(n_train_tile,)``.
     """
     _, r = parse_tile(tile)
     by_split: dict[str, list[str]] = {}
@@ -116,6 +119,9 @@ def tile_topk(
     ids = torch.from_numpy(train_ids[r0:r1])
     device = resolve_device(device_name)
     parts: dict[str, list[np.ndarray]] = {}
+    col_pos = torch.zeros(n_cols, dtype=torch.float64, device=device)
+    col_net = torch.zeros(n_cols, dtype=torch.float64, device=device)
+    col_npos = torch.zeros(n_cols, dtype=torch.int64, device=device)
     for start in range(0, n_rows, chunk):
         total = sum_rows(shards, start, min(start + chunk, n_rows), buffer).to(device)
         finite = torch.isfinite(total).all(1)
@@ -132,15 +138,25 @@ def tile_topk(
         parts.setdefault("positive_sum", []).append(positive.cpu().numpy())
         parts.setdefault("negative_sum", []).append((total.sum(1, dtype=torch.float64) - positive).cpu().numpy())
         parts.setdefault("n_positive", []).append((total > 0).sum(1).cpu().numpy())
+        col_pos += total.clamp(min=0).sum(0, dtype=torch.float64)
+        col_net += total.sum(0, dtype=torch.float64)
+        col_npos += (total > 0).sum(0)
     for shard in shards:
         shard.close()
     arrays = {name: np.concatenate(p) for name, p in parts.items()}
+    arrays.update(
+        train_ids=ids.numpy(),
+        train_positive_sum=col_pos.cpu().numpy(),
+        train_negative_sum=(col_net - col_pos).cpu().numpy(),
+        train_n_positive=col_npos.cpu().numpy(),
+    )
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
 
 TILE_ARRAYS = ("proponent_values", "proponent_ids", "opponent_values", "opponent_ids", "positive_sum", "negative_sum", "n_positive")
+TRAIN_ARRAYS = ("train_ids", "train_positive_sum", "train_negative_sum", "train_n_positive")
 
 
 def load_tile(path: str) -> dict[str, np.ndarray]:
@@ -152,7 +168,7 @@ def load_tile(path: str) -> dict[str, np.ndarray]:
         raise InflowError(f"{path}: tile result not found; rerun the tile_topk rule") from None
     except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise several types for a damaged .npz
         raise InflowError(f"{path}: not a readable tile result ({type(exc).__name__}); delete it and rerun tile_topk") from None
-    missing = [name for name in TILE_ARRAYS if name not in arrays]
+    missing = [name for name in TILE_ARRAYS + TRAIN_ARRAYS if name not in arrays]
     if missing:
         raise InflowError(f"{path}: tile result lacks {', '.join(missing)}; delete it and rerun tile_topk")
     return arrays
@@ -166,14 +182,18 @@ def accumulate_topk(
     k: int,
     topk_out: str,
     summary_out: str,
+    train_summary_out: str | None = None,
 ) -> None:
     """Merge every tile's candidates into the exact top-k per test sample and the per-test summary.
 
     Writes ``topk_out`` (test_id, kind, rank, train_id, influence) and ``summary_out`` (test_id,
-    positive_sum, negative_sum, net_influence, n_positive).
+    positive_sum, negative_sum, net_influence, n_positive), and when given ``train_summary_out``:
+    the same sums per training sample over every test sample (train_id, positive_sum,
+    negative_sum, net_influence, n_positive), i.e. the column sums of the influence matrix
+    ``I (n_test, n_train)``: ``net_influence[j] = sum_i I[i, j]``, ``positive_sum[j] = sum_i max(I[i, j], 0)``.
     """
     test_ids = read_factor_ids(test_factors)
-    topk_parts, summary_parts = [], []
+    topk_parts, summary_parts, train_parts = [], [], []
     for q in range(n_test_tiles):
         q0, q1 = tile_bounds(len(test_ids), n_test_tiles, q)
         tiles = [load_tile(tile_files[(q, r)]) for r in range(n_train_tiles)]
@@ -211,6 +231,23 @@ def accumulate_topk(
                 }
             )
         )
+    for r in range(n_train_tiles):
+        tiles = [load_tile(tile_files[(q, r)]) for q in range(n_test_tiles)]
+        if any(not np.array_equal(t["train_ids"], tiles[0]["train_ids"]) for t in tiles):
+            raise InflowError(f"tile results of train tile {r} list different training samples; rerun the tile_topk rule")
+        pos = sum(t["train_positive_sum"] for t in tiles)
+        neg = sum(t["train_negative_sum"] for t in tiles)
+        train_parts.append(
+            pd.DataFrame(
+                {
+                    "train_id": tiles[0]["train_ids"],
+                    "positive_sum": pos,
+                    "negative_sum": neg,
+                    "net_influence": pos + neg,
+                    "n_positive": sum(t["train_n_positive"] for t in tiles),
+                }
+            )
+        )
     topk = pd.concat(topk_parts, ignore_index=True).sort_values(["test_id", "kind", "rank"], kind="stable", ignore_index=True)
     summary = pd.concat(summary_parts, ignore_index=True)
     log.info(
@@ -221,3 +258,5 @@ def accumulate_topk(
     )
     write_table(topk, topk_out)
     write_table(summary, summary_out)
+    if train_summary_out is not None:
+        write_table(pd.concat(train_parts, ignore_index=True), train_summary_out)

@@ -173,6 +173,11 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
     replay = config["replay"]
     if replay["optimizer"] == "sgd" and replay["nesterov"] and replay["momentum"] == 0:
         errors.append("replay.nesterov: Nesterov momentum needs replay.momentum > 0; set momentum (e.g. 0.9) or nesterov: false")
+    if len(replay["target_ids"]) > replay["max_targets"]:
+        errors.append(
+            f"replay.target_ids lists {len(replay['target_ids'])} test samples but replay.max_targets={replay['max_targets']}; "
+            "raise max_targets (it sets the number of replay_targets jobs) or list fewer ids"
+        )
     if 0 < replay["lds_models"] < 3:
         errors.append(
             f"replay.lds_models={replay['lds_models']}: a rank correlation across fewer than 3 subset models means nothing; use 3 or more (16 is usual), or 0 for no replay LDS"

@@ -1,0 +1,13 @@
+from inflow.report.rankings import write_class_top_influences
+from inflow.workflow.smk import run
+
+run(
+    snakemake,
+    write_class_top_influences,
+    manifest_path=snakemake.input.manifest,
+    predictions_path=snakemake.input.predictions,
+    topk_path=snakemake.input.topk,
+    n=snakemake.params.n,
+    parquet_out=snakemake.output.table,
+    csv_out=snakemake.output.csv,
+)
