@@ -5,7 +5,7 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.workflow.config import canonical, schema_errors, semantic_errors
+from inflow.workflow.config import canonical, resolved_preconditioner, schema_errors, semantic_errors
 
 # One line per problem, naming the key, before any job runs; then fill in the schema defaults.
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -88,7 +88,7 @@ def tile_topk_files(wildcards=None):
     return expand(f"{run_root(wildcards)}/influence/tiles/tile_{{tile}}.npz", tile=TILES)
 
 
-PRECONDITIONER = config["influence"]["preconditioner"]
+PRECONDITIONER = resolved_preconditioner(config)  # auto: kfac for layer factors, none for projection
 SIDES = ["left", "right"]
 
 

@@ -127,7 +127,7 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
             errors.append(
                 f"train.{key}={train[key]:g} is far too large for AdamW (training diverges to NaN); use a value <= 1, typically 1e-4 to 1e-2"
             )
-    preconditioner, method = influence["preconditioner"], config["factors"]["method"]
+    preconditioner, method = resolved_preconditioner(config), config["factors"]["method"]
     if preconditioner in ("kfac", "ekfac") and method == "projection":
         errors.append(
             f"influence.preconditioner={preconditioner} needs layer factors, not factors.method=projection; use gram, or factors.method last_layer / head_layers"
@@ -199,6 +199,15 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
     if weights and not Path(weights).is_file():
         errors.append(f"model.pretrained_weights: {weights} does not exist; give a local .pth file or null")
     return errors
+
+
+def resolved_preconditioner(config: dict[str, Any]) -> str:
+    """``influence.preconditioner`` with ``auto`` resolved: ``kfac`` for layer factors (last_layer,
+    head_layers), ``none`` for ``projection`` (Gram measured below plain TracIn there, docs/validation.md)."""
+    preconditioner = config["influence"]["preconditioner"]
+    if preconditioner != "auto":
+        return preconditioner
+    return "none" if config["factors"]["method"] == "projection" else "kfac"
 
 
 def canonical(value: Any) -> Any:
