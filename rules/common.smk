@@ -5,7 +5,7 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.workflow.config import canonical, schema_errors, semantic_errors
+from inflow.workflow.config import canonical, resolved, schema_errors, semantic_errors
 
 # One line per problem, naming the key, before any job runs; then fill in the schema defaults.
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -14,10 +14,12 @@ if not _errors:
     _errors = semantic_errors(config)
 if _errors:
     raise WorkflowError("invalid config (config.yaml or --config/--configfile):\n  " + "\n  ".join(_errors))
-config.update(canonical(config))  # key order in a config file never reruns anything
+config.update(canonical(resolved(config)))  # null defaults resolved; key order in a config file never reruns anything
 
 
-CKPTS = [str(e) for e in sorted(config["train"]["checkpoint_epochs"])]
+# checkpoints.paths: the user's checkpoints are imported as epochs 1..n instead of training (rules/train.smk).
+IMPORTED = config["checkpoints"]["paths"]
+CKPTS = [str(i) for i in range(1, len(IMPORTED) + 1)] if IMPORTED else [str(e) for e in sorted(config["train"]["checkpoint_epochs"])]
 N_TEST_TILES = config["influence"]["test_tiles"]
 N_TRAIN_TILES = config["influence"]["train_tiles"]
 TILES = [f"{q}-{r}" for q in range(N_TEST_TILES) for r in range(N_TRAIN_TILES)]
@@ -185,8 +187,8 @@ CLEAN_VARIANTS = ["influence"] + [ref for ref in config["clean"]["references"] i
 
 
 def clean_outputs():
-    """The before/after comparison, when the cleaning stage is enabled."""
-    if not config["clean"]["enabled"]:
+    """The before/after comparison, when the cleaning stage is enabled (never for imported checkpoints: it retrains)."""
+    if not config["clean"]["enabled"] or IMPORTED:
         return []
     return ["results/clean/comparison.csv", "results/clean/comparison.png"]
 
@@ -210,7 +212,7 @@ REPORT_OUTPUTS = [
     "results/report/tables/influence_stats.csv",
     "results/report/tables/health_score.csv",
     "results/report/figures/dashboard.png",
-    "results/report/figures/training_curves.png",
+    *([] if IMPORTED else ["results/report/figures/training_curves.png"]),  # imported checkpoints have no training record
     "results/report/figures/class_influence.png",
     "results/report/grids/mispredictions.png",
     "results/report/grids/mislabel_candidates.png",
@@ -293,6 +295,11 @@ def scaled(base):
     return value
 
 
+def train_runtime(epochs=None):
+    """Runtime (minutes) of a training job: ``epochs`` (default train.epochs) x train.runtime_per_epoch, times the attempt."""
+    return scaled(round((epochs or config["train"]["epochs"]) * config["train"]["runtime_per_epoch"]))
+
+
 # LDS validation (rules/lds.smk): subset models trained with the main recipe, off unless lds.enabled.
 LDS_MODELS = [str(m) for m in range(config["lds"]["n_models"])]
 
@@ -340,6 +347,8 @@ wildcard_constraints:
 def method_settings(name):
     """The factors rule's ``method`` param for factor method ``name`` (projection settings only for projection)."""
     settings = {"method": name}
+    if config["factors"]["layers"] and name != "projection":
+        settings["layers"] = config["factors"]["layers"]
     if name == "projection":
         settings.update(projection_dim=config["factors"]["projection_dim"], projection_seed=config["factors"]["projection_seed"])
     return settings
