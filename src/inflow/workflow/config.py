@@ -256,8 +256,8 @@ def checkpoint_errors(config: dict[str, Any], n_classes: int) -> list[str]:
     try:
         with torch.device("meta"):
             model = build_model(arch, n_classes, width=config["model"]["width"])
-    except InflowError as exc:
-        return [*errors, str(exc)]
+    except InflowError:
+        return errors  # model.arch itself is reported by architecture_errors
     for path in paths:
         try:
             read_user_state(path, model, arch, n_classes, mmap=True)
