@@ -7,7 +7,6 @@ jobs, the runtime the 105-epoch training asks for and the GPUs.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
