@@ -59,7 +59,12 @@ def own_model(tmp_path_factory) -> dict[str, Path]:
     save_resnet18(root / "four_classes.pt", 4, 0)
     torch.save(models.resnet34(weights=None, num_classes=3).state_dict(), root / "resnet34.pt")
     cfg = {
-        "dataset": {"source": "manifest", "image_size": 16, "val_fraction": 0.0, "manifest": {"path": str(root / "images" / "manifest.csv")}},
+        "dataset": {
+            "source": "manifest",
+            "image_size": 16,
+            "val_fraction": 0.0,
+            "manifest": {"path": str(root / "images" / "manifest.csv")},
+        },
         "model": {"arch": "torchvision:resnet18"},
         "checkpoints": {"paths": [str(p) for p in ckpts], "lr": LRS},
         "train": {"class_weights": False, "label_smoothing": 0.0},  # plain cross-entropy: the reference below needs no inflow code
@@ -143,7 +148,9 @@ def test_checkpoint_of_another_class_count_is_one_line(own_model) -> None:
 def test_checkpoint_of_another_architecture_is_one_line(own_model) -> None:
     path = own_model["root"] / "resnet34.pt"
     (line,) = bad_input_errors(own_model, {"checkpoints": {"paths": [str(path)], "lr": 0.01}})
-    assert line.startswith(f"checkpoints.paths: {path} does not fit model.arch torchvision:resnet18 (0 missing, 96 unexpected, 0 differently shaped keys, e.g. backbone.layer1.2.conv1.weight)")
+    assert line.startswith(
+        f"checkpoints.paths: {path} does not fit model.arch torchvision:resnet18 (0 missing, 96 unexpected, 0 differently shaped keys, e.g. backbone.layer1.2.conv1.weight)"
+    )
     assert line.endswith("it is a checkpoint of another architecture, set model.arch to the one it was saved from")
 
 
@@ -172,7 +179,10 @@ def test_manifest_row_with_a_missing_file_is_one_line(own_model, tmp_path) -> No
     path = bad_manifest(own_model, tmp_path, drop_file)
     (line,) = bad_input_errors(own_model, {"dataset": {"manifest": {"path": path}}})
     gone = own_model["manifest"].parent / "cat" / "gone.png"
-    assert line == f"dataset.manifest.path: {path}: row 7 points at {gone}, which does not exist (1 missing file(s)); fix the path or remove the row"
+    assert (
+        line
+        == f"dataset.manifest.path: {path}: row 7 points at {gone}, which does not exist (1 missing file(s)); fix the path or remove the row"
+    )
 
 
 def test_manifest_with_an_unknown_split_is_one_line(own_model, tmp_path) -> None:
@@ -186,7 +196,9 @@ def test_manifest_with_an_unknown_split_is_one_line(own_model, tmp_path) -> None
 
 def test_unknown_torchvision_model_is_one_line(own_model) -> None:
     (line,) = bad_input_errors(own_model, {"model": {"arch": "torchvision:resnet19"}})
-    assert line == "model.arch: torchvision:resnet19 is not a torchvision classification model; did you mean resnet18, resnet152, resnet101?"
+    assert (
+        line == "model.arch: torchvision:resnet19 is not a torchvision classification model; did you mean resnet18, resnet152, resnet101?"
+    )
 
 
 @pytest.mark.e2e
