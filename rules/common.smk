@@ -1,6 +1,7 @@
 # Config validation and every helper the rules use. Rule files hold rules only.
 
 import json
+import os
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -15,6 +16,10 @@ if not _errors:
 if _errors:
     raise WorkflowError("invalid config (config.yaml or --config/--configfile):\n  " + "\n  ".join(_errors))
 config.update(canonical(resolved(config)))  # null defaults resolved; key order in a config file never reruns anything
+
+# envs/inflow.post-deploy.sh installs the package from here into a new conda environment (it runs
+# from a copy under .snakemake/conda/ and cannot find the repository itself).
+os.environ["INFLOW_WORKFLOW_DIR"] = workflow.basedir
 
 
 # checkpoints.paths: the user's checkpoints are imported as epochs 1..n instead of training (rules/train.smk).
