@@ -19,7 +19,7 @@ config.update(canonical(resolved(config)))  # null defaults resolved; key order 
 
 # envs/inflow.post-deploy.sh installs the package from here into a new conda environment (it runs
 # from a copy under .snakemake/conda/ and cannot find the repository itself).
-os.environ["INFLOW_WORKFLOW_DIR"] = workflow.basedir
+os.environ.update(INFLOW_WORKFLOW_DIR=workflow.basedir)  # set here, not asserted: the envvars directive is for user variables
 
 
 # checkpoints.paths: the user's checkpoints are imported as epochs 1..n instead of training (rules/train.smk).
