@@ -105,28 +105,10 @@ def head_layer_factors(
 
     Returns:
         One ``(a_l (n, d_in_l [+1]), e_l (n, d_out_l))`` per Linear layer: ``a_l`` its input (with a
-        trailing 1 if ``include_bias``), ``e_l = dL_i/dz_l`` for its output ``z_l``. Float32, detached.
+        trailing 1 if ``include_bias``), ``e_l = dL_i/dz_l`` for its output ``z_l``. Float32, detached
+        (:func:`named_layer_factors` of :func:`head_layer_names`).
     """
-    with torch.no_grad():
-        h = model.features(x)
-    inputs, outputs = [], []
-    with torch.enable_grad():
-        h = h.detach()
-        for module in model.head:
-            if isinstance(module, torch.nn.Linear):
-                inputs.append(h.detach().float())
-                h = module(h)
-                outputs.append(h)
-            else:
-                h = module(h)
-        loss = per_sample_loss(h, y, class_weights, smoothing).sum()  # rows are independent: grad row i = dL_i/dz_i
-        grads = torch.autograd.grad(loss, outputs)
-    blocks = []
-    for a, e in zip(reversed(inputs), reversed(grads)):
-        if include_bias:
-            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
-        blocks.append((a, e.detach().float()))
-    return blocks
+    return named_layer_factors(model, x, y, head_layer_names(model), class_weights, smoothing, include_bias)
 
 
 def head_layer_names(model: Classifier) -> list[str]:
@@ -146,8 +128,9 @@ def named_layer_factors(
     """Factors of one batch for the Linear modules ``names`` (as in ``model.named_modules()``), in that order.
 
     Forward hooks take each layer's input ``a_l (n, d_in)`` and make its output ``z_l`` a
-    tensor that requires grad; parameters are frozen during the pass, so autograd records only
-    what lies after the first hooked layer. ``e_l = dL_i/dz_l`` from one backward pass of the
+    tensor that requires grad (the rest of the pass sees a copy, so in-place activations leave
+    ``z_l`` intact); parameters are frozen during the pass, so autograd records only what lies
+    after the first hooked layer. ``e_l = dL_i/dz_l`` from one backward pass of the
     summed per-sample loss (rows are independent).
 
     Returns:
@@ -169,7 +152,7 @@ def named_layer_factors(
             if not out.requires_grad:
                 out = out.detach().requires_grad_(True)
             captured[name] = (inputs[0].detach().float(), out)
-            return out
+            return out.clone()  # an in-place activation next (ReLU(inplace=True)) must not overwrite z_l
 
         return capture
 
