@@ -164,6 +164,11 @@ def test_wrong_number_of_learning_rates_is_one_line(own_model) -> None:
     assert line == "checkpoints.lr: 1 learning rates for 2 checkpoints; give one per file, or one number for all"
 
 
+def test_stages_that_train_are_refused_with_existing_checkpoints(own_model) -> None:
+    (line,) = bad_input_errors(own_model, {"replay": {"enabled": True, "top_k": 5, "batch_size": 8, "max_targets": 4, "lds_models": 0}})
+    assert line == "replay.enabled: trains models, but checkpoints.paths analyses existing ones without training; set replay.enabled: false"
+
+
 def bad_manifest(own_model, tmp_path, edit) -> str:
     table = pd.read_csv(own_model["manifest"])
     edit(table)
