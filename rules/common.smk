@@ -352,10 +352,16 @@ wildcard_constraints:
 def method_settings(name):
     """The factors rule's ``method`` param for factor method ``name`` (projection settings only for projection)."""
     settings = {"method": name}
-    if config["factors"]["layers"] and name != "projection":
-        settings["layers"] = config["factors"]["layers"]
     if name == "projection":
         settings.update(projection_dim=config["factors"]["projection_dim"], projection_seed=config["factors"]["projection_seed"])
+    return settings
+
+
+def factor_settings():
+    """The main DAG's factors ``method`` param: factors.method, with factors.layers when named (the comparison keeps each method's own layers)."""
+    settings = method_settings(config["factors"]["method"])
+    if config["factors"]["layers"]:
+        settings["layers"] = config["factors"]["layers"]
     return settings
 
 

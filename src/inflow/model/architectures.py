@@ -15,7 +15,7 @@
 
 Every model is a :class:`Classifier`; its ``native_head`` names where the head lives in the
 model's own (torchvision) layout, so a state dict saved from the plain torchvision model loads
-(:func:`load_model_state`).
+(:func:`inflow.model.checkpoints.read_user_state`).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def build_torchvision(name: str, num_classes: int, width: int = 16) -> Classifie
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
         raise InflowError(f"model.arch: {TORCHVISION_PREFIX}{name} is not a torchvision classification model; {hint}")
-    extra = {"aux_logits": False, "init_weights": True} if name in NO_AUX else {}
+    extra = {"aux_logits": False, "init_weights": False} if name in NO_AUX else {}
     net = models.get_model(name, weights=None, num_classes=num_classes, **extra)  # never downloads
     attr, classifier = list(net.named_children())[-1]
     if not any(isinstance(m, nn.Linear) for m in classifier.modules()):
