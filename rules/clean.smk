@@ -69,7 +69,7 @@ rule retrain:
         runtime=train_runtime(),
     params:
         model=config["model"],
-        train=config["train"],
+        train=train_settings(),
         seed=config["seed"],
         device=config["device"],
     script:

@@ -300,6 +300,11 @@ def scaled(base):
     return value
 
 
+def train_settings():
+    """The train section as a training job's params: without train.runtime_per_epoch (a resource, editing it reruns nothing)."""
+    return {key: value for key, value in config["train"].items() if key != "runtime_per_epoch"}
+
+
 def train_runtime(epochs=None):
     """Runtime (minutes) of a training job: ``epochs`` (default train.epochs) x train.runtime_per_epoch, times the attempt."""
     return scaled(round((epochs or config["train"]["epochs"]) * config["train"]["runtime_per_epoch"]))
@@ -332,7 +337,7 @@ def lds_train_settings():
     Checkpoint epochs are left out (a subset model keeps only its final model), so adding a
     TracIn checkpoint does not retrain the subset models.
     """
-    train = {key: value for key, value in config["train"].items() if key != "checkpoint_epochs"}
+    train = {key: value for key, value in train_settings().items() if key != "checkpoint_epochs"}
     if config["lds"]["epochs"] is not None:
         train["epochs"] = config["lds"]["epochs"]
     return train
@@ -403,4 +408,4 @@ def cleanlab_result():
 
 def fold_train_settings():
     """Training config of the cleanlab fold models: the main recipe (checkpoint epochs left out)."""
-    return {key: value for key, value in config["train"].items() if key != "checkpoint_epochs"}
+    return {key: value for key, value in train_settings().items() if key != "checkpoint_epochs"}

@@ -19,7 +19,7 @@ rule train:
         runtime=train_runtime(),
     params:
         model=config["model"],
-        train=config["train"],
+        train=train_settings(),
         seed=config["seed"],
         device=config["device"],
     script:
