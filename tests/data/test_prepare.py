@@ -148,3 +148,18 @@ def test_manifest_gives_the_split_with_relative_paths(tmp_path) -> None:
     m = prepare(synthetic_cfg(source="manifest", noise_rate=None, manifest={"path": str(tmp_path / "data" / "list.csv")}), tmp_path)
     assert m.split.value_counts().to_dict() == {"train": 6, "val": 3, "test": 3}
     assert (m.label_name == m.path.map(lambda p: p.split("/")[-2])).all() and m.flipped.isna().all()
+
+
+def test_parquet_manifest_with_integer_labels(tmp_path) -> None:
+    """Parquet works like CSV; whole-number labels are class names sorted by value (2 before 10)."""
+    from inflow.data.user_split import read_user_manifest
+
+    write_folder(tmp_path / "data", n_per_class=2)
+    rows = [
+        (str(tmp_path / "data" / name / f"{i}.jpg"), label, "train" if i else "test")
+        for name, label in (("cat", 10), ("dog", 2))
+        for i in range(2)
+    ]
+    pd.DataFrame(rows, columns=["path", "label", "split"]).to_parquet(tmp_path / "list.parquet")
+    files, names = read_user_manifest(tmp_path / "list.parquet")
+    assert names == ["2", "10"] and files.label.tolist() == [1, 1, 0, 0] and files.split.tolist() == ["test", "train", "test", "train"]
