@@ -66,10 +66,10 @@ rule retrain:
     threads: 4
     resources:
         mem_mb=scaled(8000),
-        runtime=scaled(240),
+        runtime=train_runtime(),
     params:
         model=config["model"],
-        train=config["train"],
+        train=train_settings(),
         seed=config["seed"],
         device=config["device"],
     script:

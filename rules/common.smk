@@ -1,11 +1,12 @@
 # Config validation and every helper the rules use. Rule files hold rules only.
 
 import json
+import os
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.workflow.config import canonical, resolved_preconditioner, schema_errors, semantic_errors
+from inflow.workflow.config import canonical, resolved, resolved_preconditioner, schema_errors, semantic_errors
 
 # One line per problem, naming the key, before any job runs; then fill in the schema defaults.
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -14,10 +15,16 @@ if not _errors:
     _errors = semantic_errors(config)
 if _errors:
     raise WorkflowError("invalid config (config.yaml or --config/--configfile):\n  " + "\n  ".join(_errors))
-config.update(canonical(config))  # key order in a config file never reruns anything
+config.update(canonical(resolved(config)))  # null defaults resolved; key order in a config file never reruns anything
+
+# envs/inflow.post-deploy.sh installs the package from here into a new conda environment (it runs
+# from a copy under .snakemake/conda/ and cannot find the repository itself).
+os.environ.update(INFLOW_WORKFLOW_DIR=workflow.basedir)  # set here, not asserted: the envvars directive is for user variables
 
 
-CKPTS = [str(e) for e in sorted(config["train"]["checkpoint_epochs"])]
+# checkpoints.paths: the user's checkpoints are imported as epochs 1..n instead of training (rules/train.smk).
+IMPORTED = config["checkpoints"]["paths"]
+CKPTS = [str(i) for i in range(1, len(IMPORTED) + 1)] if IMPORTED else [str(e) for e in sorted(config["train"]["checkpoint_epochs"])]
 N_TEST_TILES = config["influence"]["test_tiles"]
 N_TRAIN_TILES = config["influence"]["train_tiles"]
 TILES = [f"{q}-{r}" for q in range(N_TEST_TILES) for r in range(N_TRAIN_TILES)]
@@ -201,8 +208,8 @@ CLEAN_VARIANTS = ["influence"] + [ref for ref in config["clean"]["references"] i
 
 
 def clean_outputs():
-    """The before/after comparison, when the cleaning stage is enabled."""
-    if not config["clean"]["enabled"]:
+    """The before/after comparison, when the cleaning stage is enabled (never for imported checkpoints: it retrains)."""
+    if not config["clean"]["enabled"] or IMPORTED:
         return []
     return ["results/clean/comparison.csv", "results/clean/comparison.png"]
 
@@ -226,7 +233,7 @@ REPORT_OUTPUTS = [
     "results/report/tables/influence_stats.csv",
     "results/report/tables/health_score.csv",
     "results/report/figures/dashboard.png",
-    "results/report/figures/training_curves.png",
+    *([] if IMPORTED else ["results/report/figures/training_curves.png"]),  # imported checkpoints have no training record
     "results/report/figures/class_influence.png",
     "results/report/grids/mispredictions.png",
     "results/report/grids/mislabel_candidates.png",
@@ -334,6 +341,16 @@ def scaled(base):
     return value
 
 
+def train_settings():
+    """The train section as a training job's params: without train.runtime_per_epoch (a resource, editing it reruns nothing)."""
+    return {key: value for key, value in config["train"].items() if key != "runtime_per_epoch"}
+
+
+def train_runtime(epochs=None):
+    """Runtime (minutes) of a training job: ``epochs`` (default train.epochs) x train.runtime_per_epoch, times the attempt."""
+    return scaled(round((epochs or config["train"]["epochs"]) * config["train"]["runtime_per_epoch"]))
+
+
 # LDS validation (rules/lds.smk): subset models trained with the main recipe, off unless lds.enabled.
 LDS_MODELS = [str(m) for m in range(config["lds"]["n_models"])]
 
@@ -361,7 +378,7 @@ def lds_train_settings():
     Checkpoint epochs are left out (a subset model keeps only its final model), so adding a
     TracIn checkpoint does not retrain the subset models.
     """
-    train = {key: value for key, value in config["train"].items() if key != "checkpoint_epochs"}
+    train = {key: value for key, value in train_settings().items() if key != "checkpoint_epochs"}
     if config["lds"]["epochs"] is not None:
         train["epochs"] = config["lds"]["epochs"]
     return train
@@ -389,6 +406,14 @@ def method_settings(name):
     settings = {"method": name}
     if name == "projection":
         settings.update(projection_dim=config["factors"]["projection_dim"], projection_seed=config["factors"]["projection_seed"])
+    return settings
+
+
+def factor_settings():
+    """The main DAG's factors ``method`` param: factors.method, with factors.layers when named (the comparison keeps each method's own layers)."""
+    settings = method_settings(config["factors"]["method"])
+    if config["factors"]["layers"]:
+        settings["layers"] = config["factors"]["layers"]
     return settings
 
 
@@ -473,4 +498,4 @@ def cleanlab_result():
 
 def fold_train_settings():
     """Training config of the cleanlab fold models: the main recipe (checkpoint epochs left out)."""
-    return {key: value for key, value in config["train"].items() if key != "checkpoint_epochs"}
+    return {key: value for key, value in train_settings().items() if key != "checkpoint_epochs"}

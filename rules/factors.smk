@@ -21,6 +21,6 @@ rule factors:
         loss=loss_settings(),
         include_bias=config["factors"]["include_bias"],
         device=config["device"],
-        method=method_settings(config["factors"]["method"]),
+        method=factor_settings(),
     script:
         "../workflow_scripts/factors.py"

@@ -48,7 +48,7 @@ rule lds_train:
     threads: 4
     resources:
         mem_mb=scaled(8000),
-        runtime=scaled(240),
+        runtime=train_runtime(config["lds"]["epochs"]),
         batch_size=config["factors"]["batch_size"],
     params:
         model=config["model"],

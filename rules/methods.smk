@@ -162,7 +162,7 @@ rule cleanlab_fold:
     threads: 4
     resources:
         mem_mb=scaled(8000),
-        runtime=scaled(240),
+        runtime=train_runtime(),
         batch_size=config["factors"]["batch_size"],
     params:
         folds=config["compare"]["cleanlab_folds"],

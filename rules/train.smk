@@ -16,14 +16,44 @@ rule train:
     threads: 4
     resources:
         mem_mb=scaled(8000),
-        runtime=scaled(240),
+        runtime=train_runtime(),
     params:
         model=config["model"],
-        train=config["train"],
+        train=train_settings(),
         seed=config["seed"],
         device=config["device"],
     script:
         "../workflow_scripts/train.py"
+
+
+# checkpoints.paths: the user's checkpoints stand in for training (train never runs).
+if IMPORTED:
+
+    ruleorder: import_checkpoints > train
+
+    rule import_checkpoints:
+        input:
+            manifest="results/data/manifest.parquet",
+            files=IMPORTED,
+        output:
+            checkpoints=checkpoint_paths("pt"),
+            sidecars=checkpoint_paths("json"),
+            best="results/train/best.pt",
+        log:
+            "logs/import_checkpoints.log",
+        benchmark:
+            "logs/benchmarks/import_checkpoints.tsv"
+        conda:
+            "../envs/inflow.yaml"
+        threads: 1
+        resources:
+            mem_mb=scaled(8000),
+            runtime=scaled(30),
+        params:
+            model=config["model"],
+            lr=config["checkpoints"]["lr"],
+        script:
+            "../workflow_scripts/import_checkpoints.py"
 
 
 rule predict:

@@ -108,3 +108,58 @@ def test_imagefolder_with_empty_class_folder_fails_clearly(tmp_path) -> None:
     with pytest.raises(InflowError, match="zebra"):
         prepare_data(cfg, 0, str(tmp_path / "im.npy"), str(tmp_path / "m.parquet"), str(tmp_path / "s.csv"), str(tmp_path / "c.json"))
     assert not (tmp_path / "m.parquet").exists()
+
+
+def prepare(cfg, tmp_path) -> pd.DataFrame:
+    prepare_data(cfg, 0, str(tmp_path / "im.npy"), str(tmp_path / "m.parquet"), str(tmp_path / "s.csv"), str(tmp_path / "c.json"))
+    return read_table(tmp_path / "m.parquet")
+
+
+def test_real_images_get_no_label_noise_unless_asked(tmp_path) -> None:
+    """dataset.noise_rate null: 0 for a user's images, the known 0.1 for the built-in data."""
+    write_folder(tmp_path / "data", n_per_class=10)
+    folder = {"path": str(tmp_path / "data"), "test_fraction": 0.2, "extensions": [".jpg", ".png"]}
+    m = prepare(synthetic_cfg(source="imagefolder", noise_rate=None, imagefolder=folder), tmp_path)
+    assert m.flipped.isna().all() and m.true_label.isna().all()
+    m = prepare(synthetic_cfg(source="imagefolder", noise_rate=0.2, imagefolder=folder), tmp_path)
+    assert m.flipped.sum() == round(0.2 * (m.split == "train").sum())
+    m = prepare(synthetic_cfg(noise_rate=None), tmp_path)
+    assert m.flipped.sum() == round(0.1 * (m.split == "train").sum())
+
+
+def test_separate_train_and_test_folders_give_the_split(tmp_path) -> None:
+    write_folder(tmp_path / "train", n_per_class=6)
+    write_folder(tmp_path / "test", n_per_class=2)
+    (tmp_path / "test" / "horse" / "broken.jpg").unlink()
+    folder = {"path": str(tmp_path / "train"), "test_path": str(tmp_path / "test"), "test_fraction": 0.5, "extensions": [".jpg"]}
+    m = prepare(synthetic_cfg(source="imagefolder", noise_rate=None, val_fraction=0.2, imagefolder=folder), tmp_path)
+    test = m[m.split == "test"]
+    assert len(test) == 6 and test.path.str.startswith(str(tmp_path / "test")).all()
+    assert m[m.split != "test"].path.str.startswith(str(tmp_path / "train")).all()
+    assert (m.split == "val").sum() == 3  # round(0.2 * 6) of each class's training images
+
+
+def test_manifest_gives_the_split_with_relative_paths(tmp_path) -> None:
+    write_folder(tmp_path / "data", n_per_class=4)
+    rows = [
+        (f"{name}/{i}.jpg", name, "test" if i == 0 else "val" if i == 1 else "train") for name in ("cat", "dog", "horse") for i in range(4)
+    ]
+    pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(tmp_path / "data" / "list.csv", index=False)
+    m = prepare(synthetic_cfg(source="manifest", noise_rate=None, manifest={"path": str(tmp_path / "data" / "list.csv")}), tmp_path)
+    assert m.split.value_counts().to_dict() == {"train": 6, "val": 3, "test": 3}
+    assert (m.label_name == m.path.map(lambda p: p.split("/")[-2])).all() and m.flipped.isna().all()
+
+
+def test_parquet_manifest_with_integer_labels(tmp_path) -> None:
+    """Parquet works like CSV; whole-number labels are class names sorted by value (2 before 10)."""
+    from inflow.data.user_split import read_user_manifest
+
+    write_folder(tmp_path / "data", n_per_class=2)
+    rows = [
+        (str(tmp_path / "data" / name / f"{i}.jpg"), label, "train" if i else "test")
+        for name, label in (("cat", 10), ("dog", 2))
+        for i in range(2)
+    ]
+    pd.DataFrame(rows, columns=["path", "label", "split"]).to_parquet(tmp_path / "list.parquet")
+    files, names = read_user_manifest(tmp_path / "list.parquet")
+    assert names == ["2", "10"] and files.label.tolist() == [1, 1, 0, 0] and files.split.tolist() == ["test", "train", "test", "train"]

@@ -56,3 +56,36 @@ def test_missing_or_wrong_weights_fail_clearly(tmp_path) -> None:
         build_model("resnet9", 3, width=4, pretrained_weights=str(tmp_path / "other.pth"))
     with pytest.raises(InflowError, match="model.arch"):
         build_model("vgg", 3)
+
+
+@pytest.mark.parametrize(
+    "name,head,final",
+    [
+        ("resnet18", "fc", "head.0"),
+        ("efficientnet_b0", "classifier", "head.1"),
+        ("convnext_tiny", "classifier", "head.2"),
+        ("vit_b_16", "heads", "head.head"),
+    ],
+)
+def test_torchvision_models_by_name(name, head, final) -> None:
+    """Built on the meta device (no memory, no download): classifier as head, its final Linear hooked, logits for the data's classes."""
+    with torch.device("meta"):
+        model = build_model(f"torchvision:{name}", num_classes=7)
+        logits = model.eval()(torch.rand(2, 3, 224, 224))
+    assert model.native_head[0] == head and model.final_linear_name == final
+    assert model.final_linear.out_features == 7 and logits.shape == (2, 7)
+
+
+def test_torchvision_state_dict_loads_in_its_own_layout(tmp_path) -> None:
+    from torchvision.models import resnet18
+
+    from inflow.model.checkpoints import read_user_state
+
+    torch.manual_seed(0)
+    net = resnet18(weights=None, num_classes=3).eval()
+    torch.save(net.state_dict(), tmp_path / "r18.pt")
+    model = build_model("torchvision:resnet18", 3)
+    model.load_state_dict(read_user_state(tmp_path / "r18.pt", model, "torchvision:resnet18", 3))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), net((x - model.mean) / model.std))

@@ -74,3 +74,39 @@ def test_partial_factor_reads_match_full_reads(tmp_path, monkeypatch, rows) -> N
     np.testing.assert_array_equal(e2, e[rows[0] : rows[1]])
     assert factors.count_factor_rows(path) == 23
     np.testing.assert_array_equal(factors.read_factor_ids(path), np.arange(23))
+
+
+def test_named_layers_of_a_torchvision_model_equal_autograd_gradients(one_thread) -> None:
+    """factors.layers on mobilenet_v3_small's two classifier Linears: each block's e a^T is that layer's per-sample weight gradient."""
+    from inflow.tracin.factors import named_layer_factors
+
+    torch.manual_seed(0)
+    model = build_model("torchvision:mobilenet_v3_small", num_classes=3).eval()
+    x, y = torch.rand(5, 3, 32, 32), torch.tensor([0, 1, 2, 1, 0])
+    names = ["head.3", "head.0"]
+    blocks = named_layer_factors(model, x, y, names, None, 0.1, include_bias=True)
+    modules = dict(model.named_modules())
+    for name, (a, e) in zip(names, blocks):
+        layer = modules[name]
+        for i in range(len(x)):
+            loss = per_sample_loss(model(x[i : i + 1]), y[i : i + 1], None, 0.1).sum()
+            gw, gb = torch.autograd.grad(loss, [layer.weight, layer.bias])
+            torch.testing.assert_close(torch.outer(e[i], a[i]), torch.cat([gw, gb[:, None]], 1), rtol=1e-4, atol=1e-6)
+    assert all(p.requires_grad for p in model.parameters())  # frozen only during the pass
+
+
+def test_named_layers_are_weighted_by_their_parameter_groups_learning_rate(one_thread) -> None:
+    """factors.layers with a backbone Linear: its block's ghost products carry lr_backbone / tracin_lr, the head's 1."""
+    from inflow.model.architectures import Classifier, mlp_head
+    from inflow.tracin.factors import method_batch_factors, named_layer_factors
+
+    torch.manual_seed(0)
+    model = Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8)), mlp_head([8, 6], 3)).eval()
+    x, y = torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 2, 1])
+    names = ["head.2", "backbone.1"]
+    method = {"method": "last_layer", "layers": names}
+    batch = method_batch_factors(model, method, None, 0.0, True, {"backbone": 2.5e-4, "head": 1e-3}, 1e-3)
+    got, plain = batch(x, y), named_layer_factors(model, x, y, names, None, 0.0, True)
+    for (a, e), (a0, e0), lr_ratio in zip(got, plain, [1.0, 0.25]):
+        torch.testing.assert_close(a, a0)
+        torch.testing.assert_close(ghost_block(a, e, a, e, 1.0), lr_ratio * ghost_block(a0, e0, a0, e0, 1.0))

@@ -105,3 +105,11 @@ def test_train_on_subset_keeps_only_the_models_asked_for(data, tmp_path) -> None
             load_checkpoint(str(path), torch.device("cpu"), num_classes=int(manifest.label.max()) + 1).final_linear.out_features
             == int(manifest.label.max()) + 1
         )
+
+
+def test_warmup_has_its_own_head_learning_rate(data, tmp_path) -> None:
+    """train.lr_head_warmup: the head trains at 1e-2 in the warm-up, then at lr_head; the checkpoints record the rate of their epoch."""
+    (_, sidecars) = run_train(data, tmp_path, lr_head_warmup=1e-2, plateau_patience=10)
+    metrics = read_table(tmp_path / "metrics.parquet")
+    assert metrics.lr_head.tolist() == [1e-2, 1e-3, 1e-3] and metrics.lr_backbone.tolist() == [0.0, 5e-4, 5e-4]
+    assert [read_sidecar(p)["tracin_lr"] for p in sidecars] == [1e-2, 1e-3]

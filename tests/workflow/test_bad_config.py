@@ -169,6 +169,34 @@ BAD = {
         {"influence": {"preconditioner": "fisher"}},
         "influence.preconditioner: 'fisher' is not one of",
     ),
+    "manifest without a path": (
+        {"dataset": {"source": "manifest"}},
+        "dataset.manifest.path: not set; give a CSV or Parquet file with columns path, label, split",
+    ),
+    "test folder missing": (
+        {"dataset": {"source": "imagefolder", "imagefolder": {"path": str(REPO / "tests"), "test_path": "/no/such/folder"}}},
+        "dataset.imagefolder.test_path: /no/such/folder does not exist; give the folder of test class folders, or null",
+    ),
+    "unknown architecture": (
+        {"model": {"arch": "vgg"}},
+        "model.arch: unknown architecture 'vgg'; choose one of resnet9, resnet9_smooth, resnet50_head or torchvision:<name>",
+    ),
+    "torchvision model without a Linear classifier": (
+        {"model": {"arch": "torchvision:squeezenet1_0"}},
+        "model.arch: torchvision:squeezenet1_0 ends in Sequential without a Linear layer; TracIn needs a final Linear",
+    ),
+    "TracIn layer that is not Linear": (
+        {"factors": {"layers": ["head.1"]}},
+        "factors.layers: head.1 not Linear layer(s) of resnet9; name Linear modules as in model.named_modules(), e.g. head.0, head.2",
+    ),
+    "TracIn layers with projection": (
+        {"factors": {"method": "projection", "layers": ["head.2"]}},
+        "factors.layers: names layers for last_layer / head_layers factors, not factors.method=projection",
+    ),
+    "absurd warm-up learning rate": (
+        {"train": {"lr_head_warmup": 5.0}},
+        "train.lr_head_warmup=5 is far too large for AdamW (training diverges to NaN); use a value <= 1",
+    ),
     "pretrained weights missing": (
         {"model": {"pretrained_weights": "/models/nope.pth"}},
         "model.pretrained_weights: /models/nope.pth does not exist; give a local .pth file or null",

@@ -161,8 +161,8 @@ def test_report_layout_option_reruns_only_report_rules(workdir: Path, tmp_path: 
 
 
 def test_performance_knobs_rerun_nothing(workdir: Path, tmp_path: Path) -> None:
-    """Working memory and batch sizes change how, not what: they are resources, not params."""
-    jobs = planned_jobs(workdir, tmp_path, influence={"memory_mb": 64}, factors={"batch_size": 7})
+    """Working memory, batch sizes and the time asked per epoch change how, not what: they are resources, not params."""
+    jobs = planned_jobs(workdir, tmp_path, influence={"memory_mb": 64}, factors={"batch_size": 7}, train={"runtime_per_epoch": 3})
     assert not HEAVY & set(jobs), jobs
 
 

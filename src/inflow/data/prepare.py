@@ -17,7 +17,7 @@ import pandas as pd
 
 from inflow.core.errors import InflowError
 from inflow.core.io import save_npy, write_json, write_table
-from inflow.data import imagefolder, synthetic
+from inflow.data import imagefolder, synthetic, user_split
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,29 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], rng: np.ra
             split[idx[start : start + count]] = name
             start += count
     return split
+
+
+SYNTHETIC_NOISE_RATE = 0.1  # the built-in data's known label noise
+
+
+def noise_rate(cfg: dict[str, Any]) -> float:
+    """``dataset.noise_rate``, with null resolved: 0.1 for the built-in synthetic data, 0 for a user's images (never corrupted unless asked)."""
+    if cfg.get("noise_rate") is not None:
+        return float(cfg["noise_rate"])
+    return SYNTHETIC_NOISE_RATE if cfg["source"] == "synthetic" else 0.0
+
+
+def has_given_split(cfg: dict[str, Any]) -> bool:
+    """True when the user gives the split (a manifest, or separate train and test folders), not a random one."""
+    return cfg["source"] == "manifest" or (cfg["source"] == "imagefolder" and bool(cfg["imagefolder"].get("test_path")))
+
+
+def user_files(cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """``(files (path, label, split), class_names)`` of a dataset with a given split (see :mod:`inflow.data.user_split`)."""
+    if cfg["source"] == "manifest":
+        return user_split.read_user_manifest(cfg["manifest"]["path"])
+    folder = cfg["imagefolder"]
+    return user_split.scan_train_test_folders(folder["path"], folder["test_path"], tuple(folder["extensions"]))
 
 
 def split_fractions(cfg: dict[str, Any]) -> dict[str, float]:
@@ -149,7 +172,10 @@ def prepare_data(cfg: dict[str, Any], seed: int, images_out: str, manifest_out: 
         known_true = True
     else:
         folder = cfg["imagefolder"]
-        files, class_names = imagefolder.scan_folder(folder["path"], tuple(folder["extensions"]))
+        if has_given_split(cfg):
+            files, class_names = user_files(cfg)
+        else:
+            files, class_names = imagefolder.scan_folder(folder["path"], tuple(folder["extensions"]))
         images, files, skipped = imagefolder.load_images(files, size)
         if len(skipped):
             log.warning("%d unreadable file(s) skipped; they are listed with the reason in %s", len(skipped), skipped_out)
@@ -161,16 +187,20 @@ def prepare_data(cfg: dict[str, Any], seed: int, images_out: str, manifest_out: 
             if len(skipped)
             else "readable images"
         )
-        check_class_splits(counts, class_names, fractions, where)
-    split = stratified_split(labels, fractions, rng)
+        if not has_given_split(cfg):
+            check_class_splits(counts, class_names, fractions, where)
+    split = user_split.given_split(files, cfg["val_fraction"], rng) if has_given_split(cfg) else stratified_split(labels, fractions, rng)
     for name in ("train", "test"):
         present = set(labels[split == name])
         missing = [class_names[c] for c in range(len(class_names)) if c not in present]
         if missing:
-            raise InflowError(
-                f"dataset: class(es) {', '.join(missing)} have no {name} images after the split; add images or change dataset.imagefolder.test_fraction"
+            fix = (
+                f"give some of their images the {name} split"
+                if has_given_split(cfg)
+                else "add images or change dataset.imagefolder.test_fraction"
             )
-    manifest = build_manifest(labels, class_names, paths, split, cfg["noise_rate"], rng, known_true)
+            raise InflowError(f"dataset: class(es) {', '.join(missing)} have no {name} images after the split; {fix}")
+    manifest = build_manifest(labels, class_names, paths, split, noise_rate(cfg), rng, known_true)
     log.info(
         "dataset: %d images of %d classes (%s), %d train labels flipped",
         len(manifest),

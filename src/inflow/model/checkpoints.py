@@ -92,3 +92,88 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
             f"{path}: sidecar says epoch {epoch} but the file name says {named.group(1)}; it belongs to another checkpoint, rerun train"
         )
     return side
+
+
+def _plain_state(raw: Any) -> dict[str, Any] | None:
+    """The state dict inside what ``torch.load`` returned: itself, or under ``state_dict`` / ``model``; keys without ``module.``."""
+    if isinstance(raw, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(raw.get(key), dict):
+                raw = raw[key]
+                break
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) for k in raw):
+        return None
+    return {k.removeprefix("module."): v for k, v in raw.items()}
+
+
+def to_model_keys(state: dict[str, Any], model: Classifier) -> dict[str, Any]:
+    """A state dict in the model's own layout (torchvision: ``fc.weight``, ``layer1.0...``) renamed to inflow's
+    (``head.0.weight``, ``backbone.layer1.0...``); one already in inflow's layout is returned as it is.
+
+    The ``mean``/``std`` normalisation buffers are taken from ``model`` when absent.
+    """
+    if not any(k.startswith(("backbone.", "head.")) for k in state):
+        attr, wrapped = model.native_head or ("", False)
+        renamed = {}
+        for key, value in state.items():
+            if attr and key.startswith(f"{attr}."):
+                renamed["head." + ("0." if wrapped else "") + key[len(attr) + 1 :]] = value
+            else:
+                renamed[f"backbone.{key}"] = value
+        state = renamed
+    buffers = {k: v for k, v in model.state_dict().items() if k in ("mean", "std")}
+    return {**buffers, **state}
+
+
+def state_mismatch(state: dict[str, Any], model: Classifier, arch: str, num_classes: int) -> str | None:
+    """Why ``state`` (inflow key layout, tensors or shapes) cannot be loaded into ``model``, as a clause; None if it fits.
+
+    The class count is named first: a checkpoint of the same architecture for another dataset.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    final = f"{model.final_linear_name}.weight"
+    if final in state and tuple(state[final].shape)[:1] != (num_classes,):
+        return (
+            f"has {tuple(state[final].shape)[0]} classes (its {final} is {tuple(state[final].shape)}) but the data has {num_classes}; "
+            "list checkpoints trained on these classes"
+        )
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        example = (missing or unexpected or wrong)[0]
+        return (
+            f"does not fit model.arch {arch} ({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} differently shaped "
+            f"keys, e.g. {example}); it is a checkpoint of another architecture, set model.arch to the one it was saved from"
+        )
+    return None
+
+
+def read_user_state(path: str | Path, model: Classifier, arch: str, num_classes: int, mmap: bool = False) -> dict[str, Any]:
+    """Read a user's checkpoint (a state dict of ``arch``, saved with ``torch.save``) in inflow's key layout, checked to fit ``model``.
+
+    ``mmap`` reads only the keys and shapes (for a quick check of many files). Raises
+    :class:`InflowError` with one line naming the file: missing, unreadable, another
+    architecture or another number of classes.
+    """
+    if not Path(path).is_file():
+        raise InflowError(f"checkpoints.paths: {path} does not exist; list existing state-dict files (.pt/.pth)")
+    try:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            raw = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file cannot be memory-mapped
+    except Exception as exc:  # torch raises many types for a bad file
+        raise InflowError(
+            f"checkpoints.paths: {path} is not a readable torch state dict ({type(exc).__name__}); save it with torch.save(model.state_dict(), path)"
+        ) from None
+    state = _plain_state(raw)
+    if state is None:
+        raise InflowError(f"checkpoints.paths: {path} holds no state dict; save it with torch.save(model.state_dict(), path)")
+    state = to_model_keys(state, model)
+    problem = state_mismatch(state, model, arch, num_classes)
+    if problem:
+        raise InflowError(f"checkpoints.paths: {path} {problem}")
+    return state

@@ -16,6 +16,9 @@ per sample, and TracIn is ``sum_l <a_l, a_l'> <e_l, e_l'>`` (:func:`inflow.traci
 * ``head_layers``: one block per Linear layer of the head, the final one first. Each layer's
   gradient is ``e_l a_l^T`` with ``a_l`` its input and ``e_l`` the gradient of the loss with
   respect to its output, so the blocks together are the gradient of every head weight and bias.
+* ``layers`` given (``factors.layers``): one block per named Linear layer anywhere in the model,
+  in the listed order (:func:`named_layer_factors`); ``e_l`` is scaled by
+  ``sqrt(lr_group / tracin_lr)`` so a backbone layer is weighted by the backbone's learning rate.
 * ``projection``: one block, ``a`` = the per-sample gradient of every model parameter projected
   to ``factors.projection_dim`` dimensions (:mod:`inflow.tracin.projection`) and ``e = [1]``, so the
   ghost product is the plain dot product of the projections.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -107,33 +111,86 @@ def head_layer_factors(
 
     Returns:
         One ``(a_l (n, d_in_l [+1]), e_l (n, d_out_l))`` per Linear layer: ``a_l`` its input (with a
-        trailing 1 if ``include_bias``), ``e_l = dL_i/dz_l`` for its output ``z_l``. Float32, detached.
+        trailing 1 if ``include_bias``), ``e_l = dL_i/dz_l`` for its output ``z_l``. Float32, detached
+        (:func:`named_layer_factors` of :func:`head_layer_names`).
     """
-    with torch.no_grad():
-        h = model.features(x)
-    inputs, outputs = [], []
-    with torch.enable_grad():
-        h = h.detach()
-        for module in model.head:
-            if isinstance(module, torch.nn.Linear):
-                inputs.append(h.detach().float())
-                h = module(h)
-                outputs.append(h)
-            else:
-                h = module(h)
-        loss = per_sample_loss(h, y, class_weights, smoothing).sum()  # rows are independent: grad row i = dL_i/dz_i
-        grads = torch.autograd.grad(loss, outputs)
+    return named_layer_factors(model, x, y, head_layer_names(model), class_weights, smoothing, include_bias)
+
+
+def head_layer_names(model: Classifier) -> list[str]:
+    """Names of the head's Linear layers in block order (final first), e.g. ``["head.2", "head.0"]``."""
+    return [name for name, _ in reversed(model.head_linears())]
+
+
+def named_layer_factors(
+    model: Classifier,
+    x: Tensor,
+    y: Tensor,
+    names: list[str],
+    class_weights: Tensor | None,
+    smoothing: float,
+    include_bias: bool,
+) -> list[tuple[Tensor, Tensor]]:
+    """Factors of one batch for the Linear modules ``names`` (as in ``model.named_modules()``), in that order.
+
+    Forward hooks take each layer's input ``a_l (n, d_in)`` and make its output ``z_l`` a
+    tensor that requires grad (the rest of the pass sees a copy, so in-place activations leave
+    ``z_l`` intact); parameters are frozen during the pass, so autograd records only what lies
+    after the first hooked layer. ``e_l = dL_i/dz_l`` from one backward pass of the
+    summed per-sample loss (rows are independent).
+
+    Returns:
+        One ``(a_l (n, d_in [+1]), e_l (n, d_out))`` per name, float32, detached.
+
+    Raises:
+        InflowError: a name is not a Linear module, or its input is not ``(n, d_in)`` (a layer
+        applied to several tokens per sample has no rank-one per-sample gradient).
+    """
+    modules = dict(model.named_modules())
+    captured: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def hook(name: str) -> Callable:
+        def capture(_module: torch.nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
+            if inputs[0].ndim != 2:
+                raise InflowError(
+                    f"factors.layers: {name} sees inputs of shape {tuple(inputs[0].shape)}, not (n, d); name a layer applied once per sample, e.g. the classifier's"
+                )
+            if not out.requires_grad:
+                out = out.detach().requires_grad_(True)
+            captured[name] = (inputs[0].detach().float(), out)
+            return out.clone()  # an in-place activation next (ReLU(inplace=True)) must not overwrite z_l
+
+        return capture
+
+    for name in names:
+        if not isinstance(modules.get(name), torch.nn.Linear):
+            raise InflowError(f"factors.layers: {name} is not a Linear layer of the model; name Linear modules as in model.named_modules()")
+    handles = [modules[name].register_forward_hook(hook(name)) for name in names]
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            loss = per_sample_loss(model(x).float(), y, class_weights, smoothing).sum()
+            grads = torch.autograd.grad(loss, [captured[name][1] for name in names], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
     blocks = []
-    for a, e in zip(reversed(inputs), reversed(grads)):
+    for name, g in zip(names, grads):
+        a, out = captured[name]
+        e = torch.zeros_like(out) if g is None else g
         if include_bias:
             a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
         blocks.append((a, e.detach().float()))
     return blocks
 
 
-def head_layer_names(model: Classifier) -> list[str]:
-    """Names of the head's Linear layers in block order (final first), e.g. ``["head.2", "head.0"]``."""
-    return [f"head.{i}" for i, m in reversed(list(enumerate(model.head))) if isinstance(m, torch.nn.Linear)]
+def layer_group(name: str) -> str:
+    """The optimizer parameter group (``head`` or ``backbone``) of module ``name``."""
+    return "head" if name.startswith("head.") else "backbone"
 
 
 BatchFactors = Callable[[Tensor, Tensor], list[tuple[Tensor, Tensor]]]
@@ -155,6 +212,15 @@ def method_batch_factors(
     parameter groups.
     """
     name = method["method"]
+    if method.get("layers") and name != "projection":
+        layers = list(method["layers"])
+        scales = [math.sqrt(group_lrs.get(layer_group(n), tracin_lr) / tracin_lr) if tracin_lr > 0 else 1.0 for n in layers]
+
+        def named(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+            blocks = named_layer_factors(model, x, y, layers, class_weights, smoothing, include_bias)
+            return [(a, e * scale) for (a, e), scale in zip(blocks, scales)]
+
+        return named
     if name == "last_layer":
         return lambda x, y: [layer_factors(model, x, y, class_weights, smoothing, include_bias)]
     if name == "head_layers":
@@ -435,6 +501,8 @@ def as_tensor(array: np.ndarray) -> Tensor:
 def method_metadata(model: Classifier, method: dict[str, Any], side: dict[str, Any]) -> dict[str, Any]:
     """What a factor file records about its method: name, layers (block order), projection settings."""
     name = method["method"]
+    if method.get("layers") and name != "projection":
+        return {"method": name, "layer": method["layers"][0], "layers": list(method["layers"])}
     if name == "last_layer":
         return {"method": name, "layer": side.get("hooked_layer")}
     if name == "head_layers":

@@ -1,8 +1,8 @@
 """Rule ``train``: two-stage fine-tuning with checkpoints for TracIn.
 
 Stage 1 (``warmup_epochs``): the backbone is frozen (no gradients, BatchNorm statistics
-fixed) and only the head trains. Stage 2: everything trains, with separate backbone and head
-learning rates. AdamW, class-weighted cross-entropy with label smoothing, ReduceLROnPlateau
+fixed) and only the head trains, at ``lr_head_warmup`` (``lr_head`` when null). Stage 2:
+everything trains, with separate backbone and head learning rates (``lr_backbone``, ``lr_head``). AdamW, class-weighted cross-entropy with label smoothing, ReduceLROnPlateau
 on the validation loss, early stopping on the validation loss, best model by validation loss.
 
 If early stopping ends training before a configured checkpoint epoch, that checkpoint is the
@@ -38,12 +38,17 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def stage_lr_head(cfg: dict[str, Any], warmup: bool) -> float:
+    """The head's learning rate in the warm-up (``lr_head_warmup``, or ``lr_head`` when null) or full-training stage."""
+    return cfg["lr_head"] if not warmup or cfg.get("lr_head_warmup") is None else cfg["lr_head_warmup"]
+
+
 def make_optimizer(model: Classifier, cfg: dict[str, Any]) -> torch.optim.AdamW:
-    """AdamW with two parameter groups, ``backbone`` and ``head``, each with its own lr."""
+    """AdamW with two parameter groups, ``backbone`` and ``head``, each with its own lr (the head's of the first epoch's stage)."""
     return torch.optim.AdamW(
         [
             {"params": list(model.backbone.parameters()), "lr": cfg["lr_backbone"], "name": "backbone"},
-            {"params": list(model.head.parameters()), "lr": cfg["lr_head"], "name": "head"},
+            {"params": list(model.head.parameters()), "lr": stage_lr_head(cfg, cfg.get("warmup_epochs", 0) > 0), "name": "head"},
         ],
         weight_decay=cfg["weight_decay"],
     )
@@ -147,7 +152,7 @@ def train(
     )
     generator = torch.Generator().manual_seed(seed)
     ckpt_at = {e: (p, s) for e, p, s in zip(train_cfg["checkpoint_epochs"], checkpoint_paths, sidecar_paths)}
-    hooked = f"head.{len(model.head) - 1}"
+    hooked = model.final_linear_name
     log.info(
         "training %s (%d parameters) on %d images, validating on %d, device %s",
         arch["name"],
@@ -160,6 +165,10 @@ def train(
     rows, best_loss, since_best, stopped_at = [], math.inf, 0, None
     for epoch in range(1, train_cfg["epochs"] + 1):
         warmup = epoch <= train_cfg["warmup_epochs"]
+        if epoch == train_cfg["warmup_epochs"] + 1 and epoch > 1:  # full training starts: the head's own rate for this stage
+            for group in optimizer.param_groups:
+                if group["name"] == "head":
+                    group["lr"] = stage_lr_head(train_cfg, warmup=False)
         set_stage(model, warmup)
         lrs = {g["name"]: (0.0 if warmup and g["name"] == "backbone" else g["lr"]) for g in optimizer.param_groups}
         t0 = time.perf_counter()

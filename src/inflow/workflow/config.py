@@ -82,18 +82,24 @@ def schema_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
     return lines
 
 
-def training_set_size(dataset: dict[str, Any]) -> tuple[int, int]:
-    """``(n_train, n_test)``: the exact split sizes ``prepare_data`` will make from ``dataset``.
+def training_set_size(dataset: dict[str, Any]) -> tuple[int, int, int]:
+    """``(n_train, n_test, n_classes)``: the exact split sizes ``prepare_data`` will make from ``dataset``.
 
-    For an image folder the counts are of files with an image extension, an upper bound
+    For an image folder or a manifest the counts are of listed files, an upper bound
     (unreadable files are skipped later). Raises :class:`InflowError` for a folder that
-    cannot be split (see :func:`inflow.data.imagefolder.scan_folder`).
+    cannot be split (see :func:`inflow.data.imagefolder.scan_folder`) and for a manifest
+    with a bad row (see :func:`inflow.data.user_split.read_user_manifest`).
     """
     import numpy as np
 
     from inflow.data import imagefolder, synthetic
-    from inflow.data.prepare import check_class_splits, split_fractions, split_sizes
+    from inflow.data.prepare import check_class_splits, has_given_split, split_fractions, split_sizes, user_files
 
+    if has_given_split(dataset):
+        files, names = user_files(dataset)
+        split = files["split"].to_numpy()
+        n_val = 0 if (split == "val").any() else int(round(dataset["val_fraction"] * (split == "train").sum()))
+        return int((split == "train").sum()) - n_val, int((split == "test").sum()), len(names)
     fractions = split_fractions(dataset)
     if dataset["source"] == "synthetic":
         n = dataset["synthetic"]["n_train"] + dataset["synthetic"]["n_test"]
@@ -104,7 +110,7 @@ def training_set_size(dataset: dict[str, Any]) -> tuple[int, int]:
         counts = np.bincount(files["label"].to_numpy(), minlength=len(names))
         check_class_splits(counts, names, fractions, "image files")
     sizes = [split_sizes(int(c), fractions) for c in counts]
-    return sum(s["train"] for s in sizes), sum(s["test"] for s in sizes)
+    return sum(s["train"] for s in sizes), sum(s["test"] for s in sizes), len(counts)
 
 
 def semantic_errors(config: dict[str, Any]) -> list[str]:
@@ -122,8 +128,8 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
         errors.append(
             f"train.warmup_epochs={train['warmup_epochs']} leaves no full-training epoch (train.epochs={train['epochs']}); lower it"
         )
-    for key in ("lr_head", "lr_backbone"):
-        if train[key] > 1:
+    for key in ("lr_head", "lr_backbone", "lr_head_warmup"):
+        if train[key] is not None and train[key] > 1:
             errors.append(
                 f"train.{key}={train[key]:g} is far too large for AdamW (training diverges to NaN); use a value <= 1, typically 1e-4 to 1e-2"
             )
@@ -138,14 +144,33 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
         errors.append(
             f"influence.preconditioner=gram preconditions projected gradients, not factors.method={method}; use kfac or ekfac, or factors.method: projection"
         )
+    from inflow.model.architectures import architecture_errors
+
+    errors += architecture_errors(config["model"]["arch"], config["factors"]["layers"])
+    if config["factors"]["layers"] and method == "projection":
+        errors.append(
+            "factors.layers: names layers for last_layer / head_layers factors, not factors.method=projection; empty it or change the method"
+        )
     sizes = None
-    if data["source"] == "imagefolder":
+    if data["source"] == "manifest":
+        if not data["manifest"]["path"]:
+            errors.append("dataset.manifest.path: not set; give a CSV or Parquet file with columns path, label, split")
+        else:
+            try:
+                sizes = training_set_size(data)
+            except InflowError as exc:
+                errors.append(str(exc))
+    elif data["source"] == "imagefolder":
         path = data["imagefolder"]["path"]
         if not path:
             errors.append("dataset.imagefolder.path: not set; give the folder of class folders, or use dataset.source: synthetic")
         elif not Path(path).is_dir():
             what = "is a file, not a directory" if Path(path).exists() else "does not exist"
             errors.append(f"dataset.imagefolder.path: {path} {what}; give the folder that holds one folder per class")
+        elif data["imagefolder"]["test_path"] and not Path(data["imagefolder"]["test_path"]).is_dir():
+            test_path = data["imagefolder"]["test_path"]
+            what = "is a file, not a directory" if Path(test_path).exists() else "does not exist"
+            errors.append(f"dataset.imagefolder.test_path: {test_path} {what}; give the folder of test class folders, or null")
         else:
             try:
                 sizes = training_set_size(data)
@@ -154,8 +179,9 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
     else:
         sizes = training_set_size(data)
     if sizes is not None:
-        n_train, n_test = sizes
-        approx = "at most " if data["source"] == "imagefolder" else ""
+        n_train, n_test, n_classes = sizes
+        approx = "at most " if data["source"] != "synthetic" else ""
+        errors += checkpoint_errors(config, n_classes)
         if influence["top_k"] > n_train:
             errors.append(
                 f"influence.top_k={influence['top_k']} is larger than the training set ({approx}{n_train} images); lower influence.top_k"
@@ -208,6 +234,57 @@ def resolved_preconditioner(config: dict[str, Any]) -> str:
     if preconditioner != "auto":
         return preconditioner
     return "none" if config["factors"]["method"] == "projection" else "kfac"
+
+
+RETRAINING_STAGES = ("replay", "lds", "compare")
+
+
+def checkpoint_errors(config: dict[str, Any], n_classes: int) -> list[str]:
+    """Problems with ``checkpoints`` (existing checkpoints analysed instead of training), one line each.
+
+    Each file is read by keys and shapes only (memory-mapped) and checked against ``model.arch``
+    built on the meta device for ``n_classes`` classes, so the check is quick and allocates nothing.
+    """
+    import torch
+
+    from inflow.model.architectures import build_model
+    from inflow.model.checkpoints import read_user_state
+
+    section = config["checkpoints"]
+    paths, lr = section["paths"], section["lr"]
+    if not paths:
+        return []
+    errors = []
+    if isinstance(lr, list) and len(lr) != len(paths):
+        errors.append(f"checkpoints.lr: {len(lr)} learning rates for {len(paths)} checkpoints; give one per file, or one number for all")
+    for stage in RETRAINING_STAGES:
+        if config[stage]["enabled"]:
+            errors.append(
+                f"{stage}.enabled: trains models, but checkpoints.paths analyses existing ones without training; set {stage}.enabled: false"
+            )
+    if [s for s in config["runs"]["seeds"] if s != config["seed"]]:
+        errors.append(
+            "runs.seeds: other runs are trained, but checkpoints.paths analyses existing ones without training; leave runs.seeds empty"
+        )
+    arch = config["model"]["arch"]
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, n_classes, width=config["model"]["width"])
+    except InflowError:
+        return errors  # model.arch itself is reported by architecture_errors
+    for path in paths:
+        try:
+            read_user_state(path, model, arch, n_classes, mmap=True)
+        except InflowError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+def resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (schema defaults filled in) with null defaults that depend on other keys resolved: ``dataset.noise_rate``."""
+    from inflow.data.prepare import noise_rate
+
+    return {**config, "dataset": {**config["dataset"], "noise_rate": noise_rate(config["dataset"])}}
 
 
 def canonical(value: Any) -> Any:
