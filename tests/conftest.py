@@ -108,7 +108,7 @@ def images_8px(tmp_path_factory) -> tuple[str, str]:
     return synthetic_data(tmp_path_factory.mktemp("images_8px"), image_size=8, n_train=48, n_test=12, noise_rate=0.1, val_fraction=0.0)
 
 
-# One thread per job: the results then equal a SLURM run's (tests/slurm/profile sets max-threads 1)
+# One thread per job: the results then equal a SLURM run's (tests/workflow/test_slurm.py passes --max-threads 1)
 # and a killed-and-resumed run's (tests/workflow/test_resume.py), bit for bit.
 TINY_RUN_ARGS = ("--max-threads", "1")
 

@@ -3,6 +3,9 @@
 Skipped where SLURM is not installed. With INFLOW_TEST_SLURM_INSTALL=1 (set by .ci/run) and
 root on Debian, the fixture installs Debian's slurmctld/slurmd/munge first. The cluster is
 started by tests/slurm/cluster.sh (copied from the project lead's recipe) and stopped after.
+The workflow is driven exactly as a user drives it, `snakemake --profile slurm` (the profile
+`make` links into ~/.config/snakemake), plus the few settings of this one-node test cluster on
+the command line (TEST_CLUSTER).
 """
 
 from __future__ import annotations
@@ -21,7 +24,18 @@ from conftest import REPO, run_snakemake
 from inflow.core.io import read_table
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
-PROFILE = REPO / "tests" / "slurm" / "profile"
+# The test cluster's settings, given on the command line after `--profile slurm`:
+TEST_CLUSTER = [
+    "--default-resources", "slurm_partition=debug",  # the one partition of tests/slurm/cluster.sh
+    "--jobs", "4",
+    "--latency-wait", "5",
+    "--retries", "0",  # a failure must fail the test, not be retried
+    "--max-threads", "1",  # the node has 2 CPUs; 1 thread per job keeps results equal to a local --max-threads 1 run
+    "--slurm-status-command", "squeue",  # no slurmdbd: sacct would fail and the plugin would hang
+    "--slurm-init-seconds-before-status-checks", "2",
+    "--slurm-keep-successful-logs",  # the test checks each job's SLURM log
+]  # fmt: skip
+LINKED_PROFILE = Path.home() / ".config" / "snakemake" / "slurm" / "config.yaml"
 HEAVY_RULES = {
     "prepare_data",
     "train",
@@ -67,8 +81,10 @@ def test_dry_run_with_the_cluster_profile_needs_no_slurm(tmp_path) -> None:
 
 
 def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny_run, tmp_path) -> None:
+    if not LINKED_PROFILE.is_file() or LINKED_PROFILE.read_text() != (REPO / "profiles/slurm/config.yaml").read_text():
+        pytest.fail(f"{LINKED_PROFILE} is not this repository's profiles/slurm/config.yaml; run `make` (README set-up) first")
     t0 = time.perf_counter()
-    slurm = run_snakemake(tmp_path / "slurm", "--profile", str(PROFILE), cores=None)
+    slurm = run_snakemake(tmp_path / "slurm", "--profile", "slurm", *TEST_CLUSTER, cores=None)
     wall = time.perf_counter() - t0
     print(f"SLURM run wall time: {wall:.0f}s")
     out = slurm.stdout + slurm.stderr
