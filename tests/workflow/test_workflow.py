@@ -215,8 +215,11 @@ def two_runs(tiny_run: Path, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("two_runs")
     run = copy_run(tiny_run, folder / "run")
     over = {"influence": {"preconditioner": "kfac", "ensemble": True}, "runs": {"seeds": [0, 1]}}
+    over["lds"] = {"n_models": 4}  # the comparison stage: plain and K-FAC variants, ensembles of 1 and 2 runs
+    over["compare"] = {"methods": ["last_layer", "last_layer+kfac"], "cleanlab_folds": 0}
     (folder / "two_runs.yaml").write_text(yaml.safe_dump(merge(yaml.safe_load(TINY.read_text()), over)))
     targets = ("results/runs/comparison/accuracy.csv", "results/influence/topk.parquet", "results/influence/self_influence.parquet")
+    targets += ("results/methods/comparison.csv", "results/lds/lds.json")
     snakemake(run, *targets, configfile=folder / "two_runs.yaml")
     return run
 
@@ -287,3 +290,23 @@ def test_ensemble_of_two_runs_with_kfac_has_the_exact_top_k_of_the_summed_influe
     self_inf = read_table(run / targets[1])
     assert {"epoch_2", "epoch_3", "runs/seed_1/epoch_2", "runs/seed_1/epoch_3"} <= set(self_inf.columns)
     np.testing.assert_allclose(self_inf.self_influence, self_inf.drop(columns=["sample_id", "self_influence"]).sum(axis=1))
+
+
+def test_comparison_scores_variants_and_ensembles_on_the_same_subset_models(two_runs: Path) -> None:
+    """compare.methods [last_layer, last_layer+kfac] with runs.seeds [0, 1]: one row per variant and per
+    ensemble size. The K-FAC variant's LDS is the 1-run ensemble's (same checkpoints, same factors), and
+    the 2-run ensemble's is the main LDS of influence.ensemble (the same summed scores)."""
+    table = pd.read_csv(two_runs / "results/methods/comparison.csv").set_index("row")
+    assert list(table.index[:4]) == ["tracin:last_layer", "tracin:last_layer+kfac", "ensemble:1 run", "ensemble:2 runs"]
+    assert table.loc["tracin:last_layer+kfac", "lds"] == pytest.approx(table.loc["ensemble:1 run", "lds"], abs=1e-4)
+    main = json.loads((two_runs / "results/lds/lds.json").read_text())
+    assert table.loc["ensemble:2 runs", "lds"] == pytest.approx(main["lds"], abs=1e-4)
+    assert table.loc["tracin:last_layer", "lds"] != pytest.approx(table.loc["tracin:last_layer+kfac", "lds"], abs=1e-4)
+    ensemble = pd.read_csv(two_runs / "results/methods/ensemble/ensemble.csv")
+    assert ensemble.n_runs.tolist() == [1, 2] and ensemble.seeds.tolist() == ["0", "0 1"]
+    summed = sum(
+        read_table(two_runs / f"results/methods/ensemble/seed_{s}/self_influence.parquet").set_index("sample_id").self_influence
+        for s in (0, 1)
+    )
+    main_self = read_table(two_runs / "results/influence/self_influence.parquet").set_index("sample_id").self_influence
+    np.testing.assert_allclose(summed.loc[main_self.index], main_self, rtol=1e-5)  # the ensemble's self-influence, run by run
