@@ -81,6 +81,9 @@ def ensemble_labels(wildcards=None):
     return [root.removeprefix("results").strip("/") for root in roots] if len(roots) > 1 else None
 
 
+FUSED = config["influence"]["mode"] == "fused"
+
+
 def shards_of_tile(wildcards):
     """The per-checkpoint dense shards (of every run of an ensemble) that sum to one tile's total influence."""
     return [

@@ -67,16 +67,18 @@ use rule precondition as run_precondition with:
         "logs/benchmarks/runs/seed_{run_seed}/precondition/epoch_{ckpt}_{split}_{side}.tsv"
 
 
-use rule influence_shard as run_influence_shard with:
-    input:
-        test=influence_factor_path("test", "left", RUN_ROOT),
-        train=influence_factor_path("train", "right", RUN_ROOT),
-    output:
-        temp(f"{RUN_ROOT}/influence/shards/epoch_{{ckpt}}/tile_{{tile}}.npy"),
-    log:
-        "logs/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.log",
-    benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
+if not FUSED:
+
+    use rule influence_shard as run_influence_shard with:
+        input:
+            test=influence_factor_path("test", "left", RUN_ROOT),
+            train=influence_factor_path("train", "right", RUN_ROOT),
+        output:
+            temp(f"{RUN_ROOT}/influence/shards/epoch_{{ckpt}}/tile_{{tile}}.npy"),
+        log:
+            "logs/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.log",
+        benchmark:
+            "logs/benchmarks/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
 
 
 # The input functions of tile_topk, accumulate_topk and self_influence follow the run wildcard.

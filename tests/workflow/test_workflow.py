@@ -310,3 +310,20 @@ def test_comparison_scores_variants_and_ensembles_on_the_same_subset_models(two_
     )
     main_self = read_table(two_runs / "results/influence/self_influence.parquet").set_index("sample_id").self_influence
     np.testing.assert_allclose(summed.loc[main_self.index], main_self, rtol=1e-5)  # the ensemble's self-influence, run by run
+
+
+def test_fused_mode_gives_the_same_results_without_shards(workdir: Path, tmp_path: Path) -> None:
+    """influence.mode: fused on a copy of the finished run: switching the mode reruns nothing (the results
+    are the same by construction); forced, the tiles are recomputed without any influence_shard job
+    and the top-k, per-test and per-train sums equal the shard path's exactly."""
+    jobs = planned_jobs(workdir, tmp_path / "plan", influence={"mode": "fused"})
+    assert not {"influence_shard", "prepare_data", "train", "predict", "factors", "curvature", "precondition"} & set(jobs), jobs
+    run = copy_run(workdir, tmp_path / "fused")
+    config = merge(yaml.safe_load(TINY.read_text()), {"influence": {"mode": "fused"}})
+    (tmp_path / "fused.yaml").write_text(yaml.safe_dump(config))
+    targets = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/train_summary.parquet"]
+    out = snakemake(run, *targets, "--forcerun", "tile_topk", configfile=tmp_path / "fused.yaml")
+    assert out.stdout.count("rule tile_topk:") + out.stderr.count("rule tile_topk:") == 4
+    assert "rule influence_shard" not in out.stdout + out.stderr and not (run / "results/influence/shards").exists()
+    for rel in targets:
+        pd.testing.assert_frame_equal(read_table(run / rel), read_table(workdir / rel), check_exact=True, obj=rel)

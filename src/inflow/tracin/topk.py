@@ -10,6 +10,7 @@ the seed scripts did, is not exact.)
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,16 @@ from torch import Tensor
 from inflow.core.errors import InflowError
 from inflow.core.io import NpyRowReader, atomic_path, write_table
 from inflow.model.architectures import resolve_device
-from inflow.tracin.factors import check_same_samples, read_factor_ids, read_factor_meta
-from inflow.tracin.influence import parse_tile, rows_per_chunk, tile_bounds
+from inflow.tracin.factors import (
+    block_widths,
+    check_factors_match,
+    check_same_samples,
+    factor_meta,
+    read_factor_blocks,
+    read_factor_ids,
+    read_factor_meta,
+)
+from inflow.tracin.influence import block_tensors, ghost_sum, parse_tile, rows_per_chunk, tile_bounds
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +125,32 @@ def tile_topk(
         raise InflowError(
             f"{shard_paths[0]}: shard has {n_cols} train columns but tile {tile} of {train_factors} has {r1 - r0}; rerun the influence shards"
         )
-    ids = torch.from_numpy(train_ids[r0:r1])
-    device = resolve_device(device_name)
+    chunks = (sum_rows(shards, start, min(start + chunk, n_rows), buffer) for start in range(0, n_rows, chunk))
+    arrays = reduce_tile(chunks, train_ids[r0:r1], k, resolve_device(device_name), tile)
+    for shard in shards:
+        shard.close()
+    save_tile(arrays, out_path)
+
+
+def reduce_tile(chunks: Iterable[Tensor], train_ids: np.ndarray, k: int, device: torch.device, tile: str) -> dict[str, np.ndarray]:
+    """Row top-k, row sums and column sums of a tile's total influence, given as row chunks.
+
+    ``chunks`` yields consecutive ``(rows, n_train_tile)`` float32 blocks of the tile's influence
+    summed over checkpoints (test rows in order); ``train_ids`` ``(n_train_tile,)`` names the
+    columns. Returns the arrays of a tile result (:data:`TILE_ARRAYS`, :data:`TRAIN_ARRAYS`):
+    per test row the ``k`` strongest proponents and opponents (train ids) with their influence,
+    the sums of its positive and negative influences and the count of positive ones; per train
+    column the same sums over the tile's test rows.
+    """
+    ids = torch.from_numpy(train_ids)
     parts: dict[str, list[np.ndarray]] = {}
+    n_cols = len(train_ids)
     col_pos = torch.zeros(n_cols, dtype=torch.float64, device=device)
     col_net = torch.zeros(n_cols, dtype=torch.float64, device=device)
     col_npos = torch.zeros(n_cols, dtype=torch.int64, device=device)
-    for start in range(0, n_rows, chunk):
-        total = sum_rows(shards, start, min(start + chunk, n_rows), buffer).to(device)
+    start = 0
+    for block in chunks:
+        total = block.to(device)
         finite = torch.isfinite(total).all(1)
         if not finite.all():
             rows = (start + torch.nonzero(~finite).flatten()[:10]).tolist()
@@ -131,6 +158,7 @@ def tile_topk(
                 f"tile {tile}: influence overflows float32 (Inf/NaN) in rows {rows} of the tile's test samples; "
                 "the factors are finite but huge, check train.lr_head and the checkpoints, rerun train"
             )
+        start += len(total)
         for kind, (vals, cols) in row_topk(total, k).items():
             parts.setdefault(f"{kind}_values", []).append(vals.cpu().numpy())
             parts.setdefault(f"{kind}_ids", []).append(ids[cols.cpu()].numpy())
@@ -141,8 +169,6 @@ def tile_topk(
         col_pos += total.clamp(min=0).sum(0, dtype=torch.float64)
         col_net += total.sum(0, dtype=torch.float64)
         col_npos += (total > 0).sum(0)
-    for shard in shards:
-        shard.close()
     arrays = {name: np.concatenate(p) for name, p in parts.items()}
     arrays.update(
         train_ids=ids.numpy(),
@@ -150,9 +176,80 @@ def tile_topk(
         train_negative_sum=(col_net - col_pos).cpu().numpy(),
         train_n_positive=col_npos.cpu().numpy(),
     )
+    return arrays
+
+
+def save_tile(arrays: dict[str, np.ndarray], out_path: str) -> None:
+    """Write a tile result (``.npz``) atomically."""
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
+
+
+def fused_tile_topk(
+    test_factor_paths: list[str],
+    train_factor_paths: list[str],
+    tile: str,
+    n_test_tiles: int,
+    n_train_tiles: int,
+    k: int,
+    out_path: str,
+    memory_mb: float = 1024,
+    device_name: str = "cpu",
+) -> None:
+    """``influence.mode: fused``: one tile's influence summed over checkpoints in memory, reduced as it comes.
+
+    ``test_factor_paths[i]`` and ``train_factor_paths[i]`` are the two sides of one checkpoint (of
+    one run, for an ensemble). For each chunk of the tile's test rows the products of every
+    checkpoint are added up, ``total = sum_c ghost_sum(test_c, train_c, lr_c)`` ``(rows,
+    n_train_tile)``, in checkpoint order as :func:`tile_topk` sums the shards, and the chunk goes
+    straight to :func:`reduce_tile`: no dense shard is written, and the result equals the shard
+    path's. Memory: the tile's train factors of every checkpoint plus four ``(rows, n_train_tile)``
+    float32 buffers, rows chosen to fit ``memory_mb``.
+    """
+    if len(test_factor_paths) != len(train_factor_paths) or not train_factor_paths:
+        raise InflowError("influence: needs one test and one train factor file per checkpoint; check train.checkpoint_epochs")
+    q, r = parse_tile(tile)
+    if not (q < n_test_tiles and r < n_train_tiles):
+        raise InflowError(
+            f"tile {tile}: outside the {n_test_tiles} x {n_train_tiles} tiles of influence.test_tiles x influence.train_tiles; rerun with the current config"
+        )
+    test_ids, train_ids = check_same_samples(test_factor_paths), check_same_samples(train_factor_paths)
+    if k > len(train_ids):
+        raise InflowError(
+            f"influence.top_k={k} is larger than the training set ({len(train_ids)} samples in {train_factor_paths[0]}); lower influence.top_k"
+        )
+    q0, q1 = tile_bounds(len(test_ids), n_test_tiles, q)
+    r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
+    device = resolve_device(device_name)
+    sides = []
+    for test_path, train_path in zip(test_factor_paths, train_factor_paths):
+        _, blocks_q, meta_q = read_factor_blocks(test_path, rows=(q0, q1))
+        _, blocks_r, meta_r = read_factor_blocks(train_path, rows=(r0, r1))
+        factor_meta(test_path, meta_q, split="test")
+        factor_meta(train_path, meta_r, split="train")
+        check_factors_match(test_path, {**meta_q, **block_widths(blocks_q)}, train_path, {**meta_r, **block_widths(blocks_r)})
+        sides.append((blocks_q, block_tensors(blocks_r, device), float(meta_r["tracin_lr"])))
+    n_blocks = max(len(train) for _, train, _ in sides)
+    chunk = rows_per_chunk(r1 - r0, memory_mb, buffers=2 if n_blocks == 1 else 3)
+    log.info(
+        "tile %s: test rows %d:%d x train rows %d:%d, %d checkpoint file pair(s) summed in memory, %d rows per chunk on %s",
+        tile, q0, q1, r0, r1, len(sides), chunk, device,
+    )  # fmt: skip
+    rows = min(chunk, q1 - q0)
+    out, work = torch.empty(rows, r1 - r0, device=device), torch.empty(rows, r1 - r0, device=device)
+    work2 = torch.empty(rows, r1 - r0, device=device) if n_blocks > 1 else None
+
+    def chunks() -> Iterator[Tensor]:
+        for c0 in range(0, q1 - q0, chunk):
+            n = min(chunk, q1 - q0 - c0)
+            total = torch.zeros(n, r1 - r0, device=device)
+            for blocks_q, train, lr in sides:
+                test = block_tensors(blocks_q, device, slice(c0, c0 + n))
+                total += ghost_sum(test, train, lr, out=out[:n], work=work[:n], work2=None if work2 is None else work2[:n])
+            yield total
+
+    save_tile(reduce_tile(chunks(), train_ids[r0:r1], k, device, tile), out_path)
 
 
 TILE_ARRAYS = ("proponent_values", "proponent_ids", "opponent_values", "opponent_ids", "positive_sum", "negative_sum", "n_positive")
