@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/influence_bench.py --n-train 260000     # 10x scale
     .venv/bin/python benchmarks/influence_bench.py --n-train 2000 --n-test 500 --compare   # + naive and Captum
     .venv/bin/python benchmarks/influence_bench.py --preconditioner kfac   # + the curvature and precondition rules
+    .venv/bin/python benchmarks/influence_bench.py --mode fused            # influence.mode fused: no dense shards
 
 It writes random factors as the workflow's factor Parquet files, then, in a fresh child process
 (so its peak RSS is the workflow code's alone), times the same functions the rules call:
@@ -36,7 +37,7 @@ from inflow.tracin.curvature import fit_checkpoint_curvature, precondition_facto
 from inflow.tracin.factors import read_factor_blocks, read_factors, write_factors
 from inflow.tracin.influence import block_tensors, ghost_sum, influence_shard
 from inflow.tracin.self_influence import self_influence
-from inflow.tracin.topk import accumulate_topk, tile_topk
+from inflow.tracin.topk import accumulate_topk, fused_tile_topk, tile_topk
 
 
 def make_factors(workdir: Path, n_train: int, n_test: int, n_ckpt: int, d_a: int, d_out: int, seed: int = 0) -> dict:
@@ -92,6 +93,24 @@ def worker(args: argparse.Namespace) -> None:
             for split, side in jobs:
                 out = wd / f"curvature/epoch_{c}/{split}_{side}.parquet"
                 precondition_factors(str(wd / f"epoch_{c}/{split}.parquet"), curvature, side, str(out))
+    elif args.stage == "influence" and args.mode == "fused":  # influence.mode fused: one tile_topk job per tile, no shards
+        times.update(influence_shards=0.0, topk_accumulation=0.0)
+        for q in range(q_tiles):
+            for r in range(r_tiles):
+                tile = f"{q}-{r}"
+                t0 = time.perf_counter()
+                inputs = [influence_inputs(wd, c, args.preconditioner) for c in ckpts]
+                fused_tile_topk(
+                    [i["test"] for i in inputs],
+                    [i["train"] for i in inputs],
+                    tile,
+                    q_tiles,
+                    r_tiles,
+                    args.top_k,
+                    str(wd / f"tiles/tile_{tile}.npz"),
+                    args.memory_mb,
+                )
+                times["topk_accumulation"] += time.perf_counter() - t0  # products, sums and top-k in one pass
     elif args.stage == "influence":
         # Tile by tile, as the DAG consumes temp() shards: every checkpoint's shard of a tile, then
         # its top-k, then the shards are deleted. Disk use stays at one tile's shards.
@@ -242,6 +261,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--preconditioner", choices=["none", "kfac", "ekfac"], default="none", help="influence.preconditioner")
     p.add_argument("--damping", type=float, default=1e-3, help="influence.damping")
+    p.add_argument("--mode", choices=["shards", "fused"], default="shards", help="influence.mode")
     p.add_argument("--compare", action="store_true", help="also time the naive reference and Captum TracInCPFast")
     p.add_argument("--compare-test", type=int, default=1000, help="test samples used for the naive/Captum comparison")
     p.add_argument("--workdir", default=None)
@@ -274,26 +294,31 @@ def main() -> None:
         times.update(res["times"])
         rss[stage] = res["peak_rss_mb"]
     times["topk_accumulation"] += times.pop("accumulate")
-    products_only = times.pop("products_only")
+    products_only = times.pop("products_only", None)  # fused: products are not timed apart from the top-k
     total = sum(times.values())
     pairs = args.n_train * args.n_test * args.n_ckpt
     flops = 2.0 * pairs * (d_a * args.d_out if args.preconditioner == "ekfac" else d_a + args.d_out)  # ekfac: one flattened GEMM
     n_q, n_r = -(-args.n_test // args.test_tiles), -(-args.n_train // args.train_tiles)
     roof = matmul_roofline(n_q, n_r, d_a * args.d_out if args.preconditioner == "ekfac" else d_a, args.threads)
-    shard_gflops = flops / times["influence_shards"] / 1e9
+    influence_s = times["influence_shards"] + (times["topk_accumulation"] if args.mode == "fused" else 0.0)
+    shard_gflops = flops / influence_s / 1e9
     print("\nstage                    seconds")
     for k, v in times.items():
         print(f"  {k:22s} {v:8.2f}")
     print(f"  {'total':22s} {total:8.2f}   (influence + exact top-k: {times['influence_shards'] + times['topk_accumulation']:.2f}s)")
     print(f"\npairs (train x test x ckpt): {pairs:.3e}  ->  {pairs / total:.3e} pairs/s end to end")
-    prod_gflops = flops / products_only / 1e9
     print(f"matmul roofline (plain float32 {n_q}x{d_a} @ {d_a}x{n_r}, same run): {roof:.1f} GFLOP/s")
-    print(
-        f"influence products alone: {flops / 1e9:.1f} GFLOP in {products_only:.2f}s = {prod_gflops:.1f} GFLOP/s -> {100 * prod_gflops / roof:.0f}% of roofline"
+    if products_only is not None:
+        prod_gflops = flops / products_only / 1e9
+        print(
+            f"influence products alone: {flops / 1e9:.1f} GFLOP in {products_only:.2f}s = {prod_gflops:.1f} GFLOP/s -> {100 * prod_gflops / roof:.0f}% of roofline"
+        )
+    what = (
+        "fused tiles (reading factors, products, sums and top-k)"
+        if args.mode == "fused"
+        else "shard stage incl. reading factors and writing dense shards"
     )
-    print(
-        f"shard stage incl. reading factors and writing dense shards: {shard_gflops:.1f} GFLOP/s -> {100 * shard_gflops / roof:.0f}% of roofline"
-    )
+    print(f"{what}: {shard_gflops:.1f} GFLOP/s -> {100 * shard_gflops / roof:.0f}% of roofline")
     print("peak RSS per stage (each in its own process, like a rule's job): " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
     print(f"peak RSS of the bounded-memory stages (influence shards + tile top-k): {rss['influence']:.0f} MB")
 

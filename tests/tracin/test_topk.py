@@ -10,7 +10,7 @@ from conftest import dense_tracin, run_tiled
 from inflow.core.io import read_table
 from inflow.tracin.influence import tile_bounds
 from inflow.tracin.self_influence import self_influence
-from inflow.tracin.topk import merge_topk, row_topk
+from inflow.tracin.topk import fused_tile_topk, load_tile, merge_topk, row_topk
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,21 @@ def test_self_influence_is_the_dense_diagonal(factor_files, tmp_path) -> None:
     np.testing.assert_array_equal(table.sample_id, arrays[(3, "train")][0])
     np.testing.assert_allclose(table.self_influence, expected, rtol=1e-6)
     assert {f"epoch_{e}" for e in lrs} <= set(table.columns)
+
+
+@pytest.mark.parametrize("n_test_tiles,n_train_tiles,memory_mb", [(1, 1, 1024), (2, 3, 1024), (3, 2, 0.0005)])
+def test_fused_tiles_equal_the_shard_path(factor_files, tmp_path, n_test_tiles, n_train_tiles, memory_mb) -> None:
+    """influence.mode fused: every array of every tile result equals the shard path's, bit for bit."""
+    paths, _, lrs = factor_files
+    run_tiled(paths, lrs, tmp_path, n_test_tiles, n_train_tiles, 5, memory_mb)  # leaves tile_<q>-<r>.npz
+    for q in range(n_test_tiles):
+        for r in range(n_train_tiles):
+            tile = f"{q}-{r}"
+            fused = tmp_path / f"fused_{tile}.npz"
+            test = [paths[(e, "test")] for e in lrs]
+            train = [paths[(e, "train")] for e in lrs]
+            fused_tile_topk(test, train, tile, n_test_tiles, n_train_tiles, 5, str(fused), memory_mb)
+            want, got = load_tile(str(tmp_path / f"tile_{tile}.npz")), load_tile(str(fused))
+            assert want.keys() == got.keys()
+            for name in want:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{tile} {name}")
