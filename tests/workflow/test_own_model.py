@@ -69,7 +69,9 @@ def own_model(tmp_path_factory) -> dict[str, Path]:
         "checkpoints": {"paths": [str(p) for p in ckpts], "lr": LRS},
         "train": {"class_weights": False, "label_smoothing": 0.0},  # plain cross-entropy: the reference below needs no inflow code
         "factors": {"batch_size": 16},
-        "influence": {"top_k": TOP_K, "test_tiles": 2, "train_tiles": 2},
+        # plain TracIn against the brute-force reference below (K-FAC against explicit inverses: tests/tracin/test_curvature.py,
+        # tests/workflow/test_workflow.py::test_workflow_topk_is_exact)
+        "influence": {"top_k": TOP_K, "test_tiles": 2, "train_tiles": 2, "preconditioner": "none"},
         "report": {"n_test_samples": 1, "grid_images": 4, "grid_columns": 2, "neighbours": 2, "classes": ["cat"]},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
