@@ -89,7 +89,12 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Return the ``inflow`` metadata dict stored by :func:`write_table` (empty if none)."""
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        raise InflowError(f"{path}: file not found; rerun the rule that makes it") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InflowError(f"{path}: not a readable Parquet file ({exc}); delete it and rerun") from None
     raw = meta.get(b"inflow")
     return json.loads(raw) if raw else {}
 
@@ -99,6 +104,17 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+def load_npy(path: str | os.PathLike, rule: str, mmap_mode: str | None = "r") -> np.ndarray:
+    """``np.load`` of an array a rule wrote (memory-mapped by default); a missing, truncated or
+    damaged file stops with one line that names it and says to delete it and rerun ``rule``."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise InflowError(f"{path}: file not found; rerun {rule}") from None
+    except (ValueError, OSError, EOFError) as exc:  # numpy: short header, "mmap length is greater than file size", ...
+        raise InflowError(f"{path}: not a readable array file ({exc}); it is damaged or cut short, delete it and rerun {rule}") from None
 
 
 @contextlib.contextmanager
@@ -128,14 +144,22 @@ class NpyRowReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
-        with open(self.path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(fh)
-            self.offset = fh.tell()
+        try:
+            with open(self.path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(fh)
+                self.offset = fh.tell()
+        except FileNotFoundError:
+            raise InflowError(f"{self.path}: file not found; rerun the rule that makes it") from None
+        except (ValueError, EOFError) as exc:  # a header cut short or not a .npy file
+            raise InflowError(f"{self.path}: not a readable .npy file ({exc}); delete it and rerun the rule that makes it") from None
         if len(shape) != 2 or fortran or dtype != np.float32:
             raise InflowError(f"{self.path}: expected a 2-D float32 C-order array, found {dtype}{shape}; rerun the rule that makes it")
         self.shape: tuple[int, int] = shape
+        size, needed = os.path.getsize(self.path), self.offset + shape[0] * shape[1] * 4
+        if size < needed:
+            raise InflowError(f"{self.path}: file is truncated ({size} of {needed} bytes); delete it and rerun the rule that makes it")
         self._fd = os.open(self.path, os.O_RDONLY)
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -147,7 +171,7 @@ class NpyRowReader:
         while done < len(view):
             got = os.preadv(self._fd, [view[done:]], pos + done)
             if got == 0:
-                raise InflowError(f"{self.path}: file is truncated; rerun the rule that makes it")
+                raise InflowError(f"{self.path}: file is truncated; delete it and rerun the rule that makes it")
             done += got
         return out
 
