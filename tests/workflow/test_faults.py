@@ -2,6 +2,9 @@
 
 * An output damaged after it was made (a copy cut short): the next job that reads it stops with
   one line that names the file and says to delete it and rerun; no pyarrow/torch traceback.
+* A disk that fills up while a factor file or an influence shard is written (injected with
+  ``INFLOW_FAULT_DISK_FULL``): the job stops in one line naming the path and the bytes it needs,
+  nothing that looks complete is left, and the rerun after space is freed gives identical results.
 
 Unit-level checks of the same readers, and the disk-full write, are in tests/core/test_io_faults.py.
 """
@@ -9,10 +12,14 @@ Unit-level checks of the same readers, and the disk-full write, are in tests/cor
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import TINY_RUN_ARGS, copy_run, run_snakemake
+
+from inflow.core.io import DISK_FULL_HOOK, read_table
 
 pytestmark = pytest.mark.e2e
 
@@ -55,3 +62,40 @@ def test_a_file_cut_short_stops_the_next_job_in_one_line(tiny_run, tmp_path, dam
     assert "Traceback" not in out and "pyarrow" not in out and "torch/" not in out, out[-3000:]
     assert not (wd / target).exists()  # Snakemake removes the forced job's old output; nothing half-written
     assert not list((wd / target).parent.glob(f".{Path(target).name}.*.part"))
+
+
+# ---- a full disk ----------------------------------------------------------------------------------
+
+INFLUENCE = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/self_influence.parquet"]
+
+
+def hidden_parts(folder: Path) -> list[Path]:
+    """Temporary files of interrupted writes under ``folder``."""
+    return sorted(folder.rglob(".*.part"))
+
+
+def test_disk_full_stops_in_one_line_and_the_rerun_is_identical(tiny_run, tmp_path, monkeypatch) -> None:
+    """Epoch 3's factors and every influence result are made again: first the train factor file's
+    write meets a full disk, then (its factors made) one influence shard's; then space is freed."""
+    wd = copy_run(tiny_run, tmp_path / "run")
+    for rel in ("results/factors/epoch_3/train.parquet", *INFLUENCE):
+        (wd / rel).unlink()
+    for damaged, needs in [
+        ("results/factors/epoch_3/train.parquet", r"more than the \d+ bytes written so far"),
+        ("results/influence/shards/epoch_3/tile_0-1.npy", r"\d+ bytes"),
+    ]:
+        monkeypatch.setenv(DISK_FULL_HOOK, f"*{damaged}")
+        proc = run_snakemake(wd, *INFLUENCE, *TINY_RUN_ARGS, check=False, timeout=600)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        lines = error_lines(out)
+        assert len(lines) == 1, out[-3000:]
+        assert re.search(
+            rf"{re.escape(damaged)}: disk full while writing it \(it needs {needs}, \d+ bytes are free there\); nothing was kept", lines[0]
+        ), lines
+        assert "Traceback" not in out
+        assert not (wd / damaged).exists() and hidden_parts(wd / "results") == []
+    monkeypatch.delenv(DISK_FULL_HOOK)
+    run_snakemake(wd, *INFLUENCE, *TINY_RUN_ARGS, timeout=600)
+    for rel in INFLUENCE:
+        pd.testing.assert_frame_equal(read_table(wd / rel), read_table(tiny_run / rel), check_exact=True, obj=rel)
