@@ -5,6 +5,8 @@
 * A disk that fills up while a factor file or an influence shard is written (injected with
   ``INFLOW_FAULT_DISK_FULL``): the job stops in one line naming the path and the bytes it needs,
   nothing that looks complete is left, and the rerun after space is freed gives identical results.
+* A second ``snakemake`` in the same folder while one runs: refused by Snakemake's lock, with
+  inflow's one-line hint; the first run finishes with the results of an undisturbed run.
 
 Unit-level checks of the same readers, and the disk-full write, are in tests/core/test_io_faults.py.
 """
@@ -13,13 +15,16 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY_RUN_ARGS, copy_run, run_snakemake
+from conftest import TINY_RUN_ARGS, copy_run, run_snakemake, snakemake_command
 
 from inflow.core.io import DISK_FULL_HOOK, read_table
+from inflow.workflow.smk import LOCK_HINT
 
 pytestmark = pytest.mark.e2e
 
@@ -99,3 +104,37 @@ def test_disk_full_stops_in_one_line_and_the_rerun_is_identical(tiny_run, tmp_pa
     run_snakemake(wd, *INFLUENCE, *TINY_RUN_ARGS, timeout=600)
     for rel in INFLUENCE:
         pd.testing.assert_frame_equal(read_table(wd / rel), read_table(tiny_run / rel), check_exact=True, obj=rel)
+
+
+# ---- two runs at once -----------------------------------------------------------------------------
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tiny_run, tmp_path) -> None:
+    """The first run remakes epoch 3's factors and the influence results; a second one with the same
+    targets starts once the first holds the lock, and is refused without touching anything."""
+    wd = copy_run(tiny_run, tmp_path / "run")
+    for rel in ("results/factors/epoch_3/train.parquet", *INFLUENCE):
+        (wd / rel).unlink()
+    log = tmp_path / "first.txt"
+    with open(log, "w") as fh:
+        first = subprocess.Popen(snakemake_command(wd, *INFLUENCE, *TINY_RUN_ARGS), cwd=wd, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not list((wd / ".snakemake/locks").glob("*.lock")):
+                assert first.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the first run never took the lock"
+                time.sleep(0.2)
+            second = run_snakemake(wd, *INFLUENCE, *TINY_RUN_ARGS, check=False, timeout=300)
+            assert first.poll() is None, "the first run ended before the second was refused: the test proves nothing"
+            assert first.wait(timeout=900) == 0, log.read_text()[-3000:]
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    out = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in out and out.count(LOCK_HINT) == 1, out[-3000:]
+    assert "Traceback" not in out
+    for rel in INFLUENCE:
+        pd.testing.assert_frame_equal(read_table(wd / rel), read_table(tiny_run / rel), check_exact=True, obj=rel)
+    assert not list((wd / ".snakemake/locks").glob("*.lock"))  # the first run released its lock
