@@ -2,11 +2,17 @@
 
 import json
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from inflow.workflow.config import canonical, resolved, resolved_preconditioner, schema_errors, semantic_errors
+from inflow.workflow.smk import lock_hint
+
+# A second snakemake in this folder while one runs: Snakemake refuses it with its lock; say what to do.
+if workflow.is_main_process and (_hint := lock_hint(".")):
+    print(_hint, file=sys.stderr)
 
 # One line per problem, naming the key, before any job runs; then fill in the schema defaults.
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))

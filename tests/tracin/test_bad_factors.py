@@ -254,7 +254,7 @@ def test_tile_topk_checks_shards_checkpoints_and_k(run, tmp_path) -> None:
     with pytest.raises(InflowError, match=r"narrow.npy: shard shape \(20, 39\) differs from \(20, 40\); rerun the influence shards"):
         tile_topk([str(s1), str(tmp_path / "narrow.npy")], str(run / "f2_train.parquet"), "0-0", 1, 5, str(out))
     (tmp_path / "cut.npy").write_bytes(s2.read_bytes()[:-100])
-    with pytest.raises(InflowError, match=r"cut.npy: file is truncated; rerun the rule that makes it"):
+    with pytest.raises(InflowError, match=r"cut.npy: file is truncated \(\d+ of \d+ bytes\); delete it and rerun the rule that makes it"):
         tile_topk([str(s1), str(tmp_path / "cut.npy")], str(run / "f2_train.parquet"), "0-0", 1, 5, str(out))
     from inflow.tracin.factors import read_factor_ids
 

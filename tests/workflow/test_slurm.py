@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_snakemake
+from conftest import REPO, copy_run, run_snakemake, snakemake_command
 
 from inflow.core.io import read_table
 
@@ -65,7 +65,7 @@ def slurm_cluster():
             pytest.skip("SLURM is not installed (set INFLOW_TEST_SLURM_INSTALL=1 as root on Debian to install it)")
         subprocess.run(["bash", str(CLUSTER), "install"], check=True, capture_output=True)
     started = False
-    if _sinfo_state() != "idle":
+    if not _sinfo_state():  # a cluster that answers (idle, or busy with another run's jobs) is used as it is, never restarted
         proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.skip(f"could not start the local SLURM cluster: {proc.stderr[-500:]}")
@@ -110,3 +110,55 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "slurm" / rel), pd.read_csv(tiny_run / rel), check_exact=True, obj=rel)
     # the checkpoints saw a CUDA_VISIBLE_DEVICES without a GPU and fell back to the CPU
     assert "device cpu" in (tmp_path / "slurm" / "logs" / "train.log").read_text()
+
+
+INFLUENCE = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/self_influence.parquet"]
+
+
+def _job_state(job_id: str) -> str:
+    """SLURM state of one job (``RUNNING``, ``PENDING``, ...; empty once squeue forgets it)."""
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def test_a_cancelled_influence_shard_is_retried_to_the_undisturbed_results(slurm_cluster, tiny_run, tmp_path) -> None:
+    """Issue 19: ``scancel`` one running influence_shard job of a ``--profile`` run with retries; the run
+    finishes by itself and the top-k, summary and self-influence equal the shared local run's.
+
+    Only epoch 3's train factors and the influence results are made again (on a copy of the shared
+    run), so the run is some 15 SLURM jobs; only this run's own job is cancelled."""
+    wd = copy_run(tiny_run, tmp_path / "run")
+    for rel in ("results/factors/epoch_3/train.parquet", *INFLUENCE):
+        (wd / rel).unlink()
+    log = tmp_path / "snakemake.txt"
+    with open(log, "w") as fh:
+        run = subprocess.Popen(
+            snakemake_command(
+                wd, "--profile", "slurm", *TEST_CLUSTER, "--retries", "1", *INFLUENCE, cores=None
+            ),  # targets after --configfile
+            cwd=wd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            cancelled, deadline = None, time.monotonic() + 900
+            while cancelled is None:
+                assert run.poll() is None, f"the run ended before a shard could be cancelled:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "no influence_shard job ever ran"
+                shards = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_influence_shard/", log.read_text())
+                cancelled = next((job for job in shards if _job_state(job) == "RUNNING"), None)
+                time.sleep(0.5)
+            time.sleep(2)  # mid-run: the job's own snakemake has started
+            subprocess.run(["scancel", cancelled], check=True)
+            assert run.wait(timeout=1200) == 0, log.read_text()[-3000:]
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+                own_jobs = re.findall(r"submitted with SLURM jobid (\d+)", log.read_text())
+                subprocess.run(["scancel", *own_jobs], capture_output=True)  # this run's jobs only: the cluster may be shared
+    out = log.read_text()
+    assert "Trying to restart job" in out, out[-3000:]
+    shard_jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_influence_shard/", out)
+    assert cancelled in shard_jobs and len(shard_jobs) == 2 * 4 + 1, shard_jobs  # 2 checkpoints x 4 tiles, and the retry
+    for rel in INFLUENCE:
+        pd.testing.assert_frame_equal(read_table(wd / rel), read_table(tiny_run / rel), check_exact=True, obj=rel)

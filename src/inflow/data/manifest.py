@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from inflow.core.errors import InflowError
-from inflow.core.io import read_metadata, read_table
+from inflow.core.io import load_npy, read_metadata, read_table
 
 
 @dataclass
@@ -57,12 +57,7 @@ def load_manifest(path: str) -> tuple[pd.DataFrame, list[str]]:
 
 def load_split(images_path: str, manifest: pd.DataFrame, split: str) -> Split:
     """Rows of ``manifest`` in ``split``, in manifest order, with their images."""
-    try:
-        images = np.load(images_path, mmap_mode="r")
-    except FileNotFoundError:
-        raise InflowError(f"{images_path}: file not found; rerun prepare_data") from None
-    except (ValueError, OSError) as exc:
-        raise InflowError(f"{images_path}: not a readable image array ({exc}); delete it and rerun prepare_data") from None
+    images = load_npy(images_path, "prepare_data")
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         raise InflowError(
             f"{images_path}: expected (n, size, size, 3) uint8 images, found {images.dtype}{images.shape}; rerun prepare_data"

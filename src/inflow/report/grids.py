@@ -21,7 +21,7 @@ from matplotlib.figure import Figure, SubFigure  # noqa: E402
 
 from inflow.core.errors import InflowError  # noqa: E402
 from inflow.core.figures import save_figure  # noqa: E402
-from inflow.core.io import read_table  # noqa: E402
+from inflow.core.io import load_npy, read_table  # noqa: E402
 from inflow.report.plots import BAD, GOOD, NEUTRAL  # noqa: E402
 from inflow.report.tables import load_samples, most_harmful, most_helpful  # noqa: E402
 
@@ -35,7 +35,7 @@ def load_images(images_path: str, samples: pd.DataFrame, ids: list[int] | np.nda
     rows = samples.set_index("sample_id").row.reindex(ids)
     if rows.isna().any():
         raise InflowError(f"samples {list(rows[rows.isna()].index)} are not in the manifest; rerun the workflow from prepare_data")
-    images = np.load(images_path, mmap_mode="r")
+    images = load_npy(images_path, "prepare_data")
     return np.asarray(images[rows.to_numpy(dtype=np.int64)])
 
 

@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from inflow.core.errors import InflowError
@@ -68,3 +69,18 @@ def set_threads(threads: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(max(1, int(threads)))
+
+
+LOCK_HINT = (
+    "inflow: another snakemake holds this folder's lock (.snakemake/locks): if one is still running here, "
+    "let it finish, a second run over the same results is refused (never --unlock a running one); "
+    "if none runs (it was killed), run `snakemake --unlock` once, then start again"
+)
+
+
+def lock_hint(workdir: str | Path) -> str | None:
+    """:data:`LOCK_HINT` when Snakemake's lock files of ``workdir`` exist (another run holds them, or a
+    killed run left them), else None. Printed by the Snakefile before Snakemake's own lock error, whose
+    advice to use ``--unlock`` is wrong while the other run still runs."""
+    locks = Path(workdir) / ".snakemake" / "locks"
+    return LOCK_HINT if locks.is_dir() and any(locks.glob("*.lock")) else None
