@@ -25,7 +25,7 @@ def checkpoint_lrs(lr: float | list[float], n: int) -> list[float]:
     """The learning rate of each of ``n`` checkpoints: one rate for all, or one per checkpoint."""
     if isinstance(lr, list):
         if len(lr) != n:
-            raise InflowError(f"checkpoints.lr: {len(lr)} learning rates for {n} checkpoints; give one per file or one number for all")
+            raise InflowError(f"checkpoints.lr: {len(lr)} learning rates for {n} checkpoints; give one per file, or one number for all")
         return [float(v) for v in lr]
     return [float(lr)] * n
 

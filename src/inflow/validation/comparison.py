@@ -26,8 +26,9 @@ import pandas as pd
 from inflow.core.errors import InflowError
 from inflow.core.figures import save_figure
 from inflow.core.io import atomic_path, read_json, read_table
-from inflow.core.stats import bootstrap_ci, lds, wide_matrix
+from inflow.core.stats import bootstrap_ci, lds
 from inflow.mislabel.ranking import ranking_metrics
+from inflow.validation.lds import lds_matrix
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +152,13 @@ def ensemble_table(
     measured_table = pd.concat([read_table(p) for p in outputs_paths], ignore_index=True)
     first = read_table(score_paths[0])
     test_ids, models = np.sort(first.test_id.unique()), np.sort(first.model.unique())
-    hint = "the LDS inputs come from different runs, rerun the lds rules"
-    measured = wide_matrix(measured_table, "test_id", "model", output, test_ids, models, "lds outputs", "(test sample, model)", hint)
+    measured = lds_matrix(measured_table, output, test_ids, models, "lds outputs")
     truth = training_truth(read_table(manifest_path))
     total = np.zeros((len(test_ids), len(models)))
     self_total: pd.Series | None = None
     rows = []
     for n, (score_path, self_path) in enumerate(zip(score_paths, self_influence_paths), start=1):
-        total += wide_matrix(
-            read_table(score_path), "test_id", "model", "score", test_ids, models, score_path, "(test sample, model)", hint
-        )
+        total += lds_matrix(read_table(score_path), "score", test_ids, models, score_path)
         run_self = read_table(self_path).set_index("sample_id").self_influence
         self_total = run_self if self_total is None else self_total.add(run_self)
         value, rho = lds(total, measured)

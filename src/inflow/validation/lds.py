@@ -250,7 +250,7 @@ def train_subset_model(
 # ---------------------------------------------------------------------------------------------
 
 
-def _matrix(table: pd.DataFrame, value: str, test_ids: np.ndarray, models: np.ndarray, where: str) -> np.ndarray:
+def lds_matrix(table: pd.DataFrame, value: str, test_ids: np.ndarray, models: np.ndarray, where: str) -> np.ndarray:
     """``table`` (test_id, model, value) as ``(len(test_ids), len(models))``; raises on a missing cell."""
     hint = "the LDS inputs come from different runs, rerun the lds rules"
     return wide_matrix(table, "test_id", "model", value, test_ids, models, where, "(test sample, model)", hint)
@@ -282,11 +282,11 @@ def write_lds(
         raise InflowError(
             f"{scores_path}: scores are for models {models.tolist()} but outputs for {np.sort(measured.model.unique()).tolist()}; rerun the lds rules"
         )
-    scores = _matrix(scores_table, "score", test_ids, models, scores_path)
+    scores = lds_matrix(scores_table, "score", test_ids, models, scores_path)
     per_test = pd.DataFrame({"test_id": test_ids})
     summary: dict[str, Any] = {}
     for name in OUTPUTS:
-        value, rho = lds(scores, _matrix(measured, name, test_ids, models, "lds outputs"))
+        value, rho = lds(scores, lds_matrix(measured, name, test_ids, models, "lds outputs"))
         lo, hi = bootstrap_ci(rho, n_bootstrap, 0.95, seed)
         per_test[f"spearman_{name}"] = rho
         summary[name] = {
@@ -320,7 +320,7 @@ def write_lds(
     write_table(per_test, per_test_out)
     plot_lds(
         scores,
-        _matrix(measured, output, test_ids, models, "lds outputs"),
+        lds_matrix(measured, output, test_ids, models, "lds outputs"),
         test_ids,
         per_test[f"spearman_{output}"].to_numpy(),
         result,

@@ -249,14 +249,17 @@ def checkpoint_errors(config: dict[str, Any], n_classes: int) -> list[str]:
 
     from inflow.model.architectures import build_model
     from inflow.model.checkpoints import read_user_state
+    from inflow.train.imported import checkpoint_lrs
 
     section = config["checkpoints"]
     paths, lr = section["paths"], section["lr"]
     if not paths:
         return []
     errors = []
-    if isinstance(lr, list) and len(lr) != len(paths):
-        errors.append(f"checkpoints.lr: {len(lr)} learning rates for {len(paths)} checkpoints; give one per file, or one number for all")
+    try:
+        checkpoint_lrs(lr, len(paths))
+    except InflowError as exc:
+        errors.append(str(exc))
     for stage in RETRAINING_STAGES:
         if config[stage]["enabled"]:
             errors.append(
