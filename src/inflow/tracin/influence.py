@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,15 @@ from torch import Tensor
 from inflow.core.errors import InflowError
 from inflow.core.io import npy_row_writer
 from inflow.model.architectures import resolve_device
-from inflow.tracin.factors import as_tensor, block_widths, check_factors_match, count_factor_rows, factor_meta, read_factor_blocks
+from inflow.tracin.factors import (
+    Block,
+    as_tensor,
+    block_widths,
+    check_factors_match,
+    count_factor_rows,
+    factor_meta,
+    read_factor_blocks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +123,29 @@ def parse_tile(tile: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def checked_tile(tile: str, n_test_tiles: int, n_train_tiles: int) -> tuple[int, int]:
+    """``(q, r)`` of tile ``"q-r"``; a tile outside the configured ``n_test_tiles x n_train_tiles`` stops with one line."""
+    q, r = parse_tile(tile)
+    if not (q < n_test_tiles and r < n_train_tiles):
+        raise InflowError(
+            f"tile {tile}: outside the {n_test_tiles} x {n_train_tiles} tiles of influence.test_tiles x influence.train_tiles; rerun with the current config"
+        )
+    return q, r
+
+
+def read_tile_sides(
+    test_factors: str, train_factors: str, test_rows: tuple[int, int], train_rows: tuple[int, int]
+) -> tuple[list[Block], list[Block], float, dict[str, Any]]:
+    """One checkpoint's factor blocks of a tile, ``(test blocks, train blocks, tracin lr, train metadata)``,
+    checked to be a test and a train file of the same checkpoint and method."""
+    _, blocks_q, meta_q = read_factor_blocks(test_factors, rows=test_rows)
+    _, blocks_r, meta_r = read_factor_blocks(train_factors, rows=train_rows)
+    factor_meta(test_factors, meta_q, split="test")
+    factor_meta(train_factors, meta_r, split="train")
+    check_factors_match(test_factors, {**meta_q, **block_widths(blocks_q)}, train_factors, {**meta_r, **block_widths(blocks_r)})
+    return blocks_q, blocks_r, float(meta_r["tracin_lr"]), meta_r
+
+
 def influence_shard(
     test_factors: str,
     train_factors: str,
@@ -131,20 +163,10 @@ def influence_shard(
     The block is computed and written in row chunks, so memory stays within ``memory_mb``
     whatever the tile size. On a GPU the chunks are computed there and copied back.
     """
-    q, r = parse_tile(tile)
-    if not (q < n_test_tiles and r < n_train_tiles):
-        raise InflowError(
-            f"tile {tile}: outside the {n_test_tiles} x {n_train_tiles} tiles of influence.test_tiles x influence.train_tiles; rerun with the current config"
-        )
-    n_q, n_r = count_factor_rows(test_factors), count_factor_rows(train_factors)
-    q0, q1 = tile_bounds(n_q, n_test_tiles, q)
-    r0, r1 = tile_bounds(n_r, n_train_tiles, r)
-    _, blocks_q, meta_q = read_factor_blocks(test_factors, rows=(q0, q1))
-    _, blocks_r, meta_r = read_factor_blocks(train_factors, rows=(r0, r1))
-    factor_meta(test_factors, meta_q, split="test")
-    factor_meta(train_factors, meta_r, split="train")
-    check_factors_match(test_factors, {**meta_q, **block_widths(blocks_q)}, train_factors, {**meta_r, **block_widths(blocks_r)})
-    lr = float(meta_r["tracin_lr"])
+    q, r = checked_tile(tile, n_test_tiles, n_train_tiles)
+    q0, q1 = tile_bounds(count_factor_rows(test_factors), n_test_tiles, q)
+    r0, r1 = tile_bounds(count_factor_rows(train_factors), n_train_tiles, r)
+    blocks_q, blocks_r, lr, meta_r = read_tile_sides(test_factors, train_factors, (q0, q1), (r0, r1))
     device = resolve_device(device_name)
     train = block_tensors(blocks_r, device)
     chunk = rows_per_chunk(r1 - r0, memory_mb, buffers=2 if len(blocks_r) == 1 else 3)

@@ -20,16 +20,8 @@ from torch import Tensor
 from inflow.core.errors import InflowError
 from inflow.core.io import NpyRowReader, atomic_path, write_table
 from inflow.model.architectures import resolve_device
-from inflow.tracin.factors import (
-    block_widths,
-    check_factors_match,
-    check_same_samples,
-    factor_meta,
-    read_factor_blocks,
-    read_factor_ids,
-    read_factor_meta,
-)
-from inflow.tracin.influence import block_tensors, ghost_sum, parse_tile, rows_per_chunk, tile_bounds
+from inflow.tracin.factors import check_same_samples, read_factor_ids, read_factor_meta
+from inflow.tracin.influence import block_tensors, checked_tile, ghost_sum, parse_tile, read_tile_sides, rows_per_chunk, tile_bounds
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +71,14 @@ def merge_topk(values: list[Tensor], ids: list[Tensor], k: int, largest: bool) -
     return best.values, idx.gather(1, best.indices)
 
 
+def check_top_k(k: int, n_train: int, train_factors: str) -> None:
+    """Stop with one line when ``influence.top_k`` exceeds the ``n_train`` training samples of ``train_factors``."""
+    if k > n_train:
+        raise InflowError(
+            f"influence.top_k={k} is larger than the training set ({n_train} samples in {train_factors}); lower influence.top_k"
+        )
+
+
 def tile_topk(
     shard_paths: list[str],
     train_factors: str,
@@ -110,10 +110,7 @@ def tile_topk(
     for paths in by_split.values():
         check_same_samples(paths[-1:] + paths[:-1])  # against the last checkpoint's file, which defines the rows
     train_ids = read_factor_ids(train_factors)
-    if k > len(train_ids):
-        raise InflowError(
-            f"influence.top_k={k} is larger than the training set ({len(train_ids)} samples in {train_factors}); lower influence.top_k"
-        )
+    check_top_k(k, len(train_ids), train_factors)
     if r >= n_train_tiles:
         raise InflowError(f"tile {tile}: outside the {n_train_tiles} train tiles of influence.train_tiles; rerun with the current config")
     r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
@@ -209,27 +206,16 @@ def fused_tile_topk(
     """
     if len(test_factor_paths) != len(train_factor_paths) or not train_factor_paths:
         raise InflowError("influence: needs one test and one train factor file per checkpoint; check train.checkpoint_epochs")
-    q, r = parse_tile(tile)
-    if not (q < n_test_tiles and r < n_train_tiles):
-        raise InflowError(
-            f"tile {tile}: outside the {n_test_tiles} x {n_train_tiles} tiles of influence.test_tiles x influence.train_tiles; rerun with the current config"
-        )
+    q, r = checked_tile(tile, n_test_tiles, n_train_tiles)
     test_ids, train_ids = check_same_samples(test_factor_paths), check_same_samples(train_factor_paths)
-    if k > len(train_ids):
-        raise InflowError(
-            f"influence.top_k={k} is larger than the training set ({len(train_ids)} samples in {train_factor_paths[0]}); lower influence.top_k"
-        )
+    check_top_k(k, len(train_ids), train_factor_paths[0])
     q0, q1 = tile_bounds(len(test_ids), n_test_tiles, q)
     r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
     device = resolve_device(device_name)
     sides = []
     for test_path, train_path in zip(test_factor_paths, train_factor_paths):
-        _, blocks_q, meta_q = read_factor_blocks(test_path, rows=(q0, q1))
-        _, blocks_r, meta_r = read_factor_blocks(train_path, rows=(r0, r1))
-        factor_meta(test_path, meta_q, split="test")
-        factor_meta(train_path, meta_r, split="train")
-        check_factors_match(test_path, {**meta_q, **block_widths(blocks_q)}, train_path, {**meta_r, **block_widths(blocks_r)})
-        sides.append((blocks_q, block_tensors(blocks_r, device), float(meta_r["tracin_lr"])))
+        blocks_q, blocks_r, lr, _ = read_tile_sides(test_path, train_path, (q0, q1), (r0, r1))
+        sides.append((blocks_q, block_tensors(blocks_r, device), lr))
     n_blocks = max(len(train) for _, train, _ in sides)
     chunk = rows_per_chunk(r1 - r0, memory_mb, buffers=2 if n_blocks == 1 else 3)
     log.info(
