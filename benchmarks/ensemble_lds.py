@@ -28,18 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from precondition_lds import preconditioned_scores  # the same per-run loop (benchmarks/ is the script's folder)
 
 from inflow.core.io import read_table
 from inflow.core.stats import bootstrap_ci, lds, masks_from_table
 from inflow.data.manifest import load_manifest, load_split
 from inflow.mislabel.ranking import combine, ranking_metrics
 from inflow.model.checkpoints import load_checkpoint
-from inflow.tracin.curvature import fit_curvature, precondition_blocks
 from inflow.tracin.factors import read_factor_blocks
-from inflow.tracin.influence import block_tensors
-from inflow.tracin.self_influence import paired_terms
 from inflow.train.predict import predict_probs
-from inflow.validation.lds import summed_influence
 
 
 def run_factors(root: Path) -> dict[tuple[int, str], tuple[np.ndarray, list, float]]:
@@ -61,26 +58,6 @@ def disagreement(root: Path, data_dir: Path, train_ids: np.ndarray) -> np.ndarra
     probs = predict_probs(model, data, 256, torch.device("cpu")).numpy()
     p_label = pd.Series(probs[np.arange(len(data)), data.labels], index=data.sample_ids)
     return 1.0 - p_label.loc[train_ids].to_numpy()
-
-
-def run_scores(factors: dict, kind: str, damping: float, masks: torch.Tensor, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """One run's subset scores ``(n_test, M)`` and self-influence ``(n_train,)`` under preconditioner ``kind``."""
-    cpu = torch.device("cpu")
-    scores = torch.zeros(n_test, masks.shape[0], dtype=torch.float64)
-    self_inf = 0.0
-    for epoch in sorted({e for e, _ in factors}):
-        _, train, lr = factors[(epoch, "train")]
-        _, test, _ = factors[(epoch, "test")]
-        if kind == "none":
-            left_test, right_train, left_train = test, train, train
-        else:
-            curvature = fit_curvature(train, kind, damping)
-            left_test = precondition_blocks(test, curvature, kind, "left")
-            right_train = precondition_blocks(train, curvature, kind, "right")
-            left_train = precondition_blocks(train, curvature, kind, "left")
-        scores += summed_influence(block_tensors(left_test, cpu), block_tensors(right_train, cpu), lr, masks, 4096)
-        self_inf = self_inf + paired_terms(left_train, right_train, lr)
-    return scores.numpy(), np.asarray(self_inf)
 
 
 def main() -> None:
@@ -113,7 +90,7 @@ def main() -> None:
     masks_t = torch.from_numpy(masks).float()
     for kind in args.kinds:
         t0 = time.perf_counter()
-        per_run = [run_scores(f, kind, args.damping, masks_t, len(test_ids)) for f in factors]
+        per_run = [preconditioned_scores(f, epochs, kind, args.damping, masks_t, len(test_ids)) for f in factors]
         for r, (scores, self_inf) in enumerate(per_run):
             value, _ = lds(scores, measured)
             alone = ranking_metrics(self_inf, flipped)

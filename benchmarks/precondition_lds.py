@@ -76,25 +76,34 @@ def load(run: Path, outputs_glob: str | None) -> dict:
     }
 
 
-def evaluate(data: dict, kind: str, damping: float, ckpts: list[int], fisher: str = "empirical") -> dict:
+def preconditioned_scores(
+    factors: dict, ckpts: list[int], kind: str, damping: float, masks: torch.Tensor, n_test: int, fisher: str = "empirical"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One run's summed influence per subset ``(n_test, M)`` and self-influence ``(n_train,)`` under preconditioner
+    ``kind``, fitted per checkpoint as the curvature rule does; ``factors[(epoch, split)] = (ids, blocks, lr)``."""
     cpu = torch.device("cpu")
-    masks = torch.from_numpy(data["masks"]).float()
-    scores = torch.zeros(data["measured"].shape, dtype=torch.float64)
-    self_inf = np.zeros(len(data["flipped"]))
+    scores = torch.zeros(n_test, masks.shape[0], dtype=torch.float64)
+    self_inf = 0.0
     for c in ckpts:
-        _, train, lr = data["factors"][(c, "train")]
-        _, test, _ = data["factors"][(c, "test")]
+        _, train, lr = factors[(c, "train")]
+        _, test, _ = factors[(c, "test")]
         if kind == "none":
             left_test, right_train, left_train = test, train, train
         else:
-            fit_on = data["factors"][(c, "fisher")][1] if fisher == "sampled" else train
+            fit_on = factors[(c, "fisher")][1] if fisher == "sampled" else train
             curvature = fit_curvature(fit_on, kind, damping)
             left_test = precondition_blocks(test, curvature, kind, "left")
             right_train = precondition_blocks(train, curvature, kind, "right")
             left_train = precondition_blocks(train, curvature, kind, "left")
         scores += summed_influence(block_tensors(left_test, cpu), block_tensors(right_train, cpu), lr, masks, 4096)
-        self_inf += paired_terms(left_train, right_train, lr)
-    value, rho = lds(scores.numpy(), data["measured"])
+        self_inf = self_inf + paired_terms(left_train, right_train, lr)
+    return scores.numpy(), np.asarray(self_inf)
+
+
+def evaluate(data: dict, kind: str, damping: float, ckpts: list[int], fisher: str = "empirical") -> dict:
+    masks = torch.from_numpy(data["masks"]).float()
+    scores, self_inf = preconditioned_scores(data["factors"], ckpts, kind, damping, masks, data["measured"].shape[0], fisher)
+    value, rho = lds(scores, data["measured"])
     lo, hi = bootstrap_ci(rho, 1000, 0.95, 0)
     rank = ranking_metrics(self_inf, data["flipped"])
     signals = pd.DataFrame({"self_influence": self_inf, "disagreement": data["disagreement"]})
