@@ -136,14 +136,15 @@ def curvature_factors(wildcards):
     return f"{run_root(wildcards)}/factors/epoch_{wildcards.ckpt}/{CURVATURE_SPLIT}.parquet"
 
 
-def influence_factor_files(split, side):
-    """Input function: :func:`influence_factor_path` of every checkpoint, epoch order, run by run for an
-    ensemble ([] for the train left side without a preconditioner)."""
+def influence_factor_files(split, side, roots=influence_roots):
+    """Input function: :func:`influence_factor_path` of every checkpoint, epoch order, for each run folder
+    of ``roots(wildcards)`` (by default the job's run, or every run of an ensemble) ([] for the train
+    left side without a preconditioner)."""
 
     def paths(wildcards):
         if side == "left" and split == "train" and PRECONDITIONER == "none":
             return []
-        return [path for root in influence_roots(wildcards) for path in expand(influence_factor_path(split, side, root), ckpt=CKPTS)]
+        return [path for root in roots(wildcards) for path in expand(influence_factor_path(split, side, root), ckpt=CKPTS)]
 
     return paths
 
@@ -462,15 +463,8 @@ def seed_root(wildcards):
 
 
 def single_run_factor_files(split, side):
-    """Input function: :func:`influence_factor_path` of run {run_seed} alone (never the ensemble), every
-    checkpoint, epoch order ([] for the train left side without a preconditioner)."""
-
-    def paths(wildcards):
-        if side == "left" and split == "train" and PRECONDITIONER == "none":
-            return []
-        return expand(influence_factor_path(split, side, seed_root(wildcards)), ckpt=CKPTS)
-
-    return paths
+    """Input function: :func:`influence_factor_files` of run {run_seed} alone (never the ensemble)."""
+    return influence_factor_files(split, side, roots=lambda wildcards: [seed_root(wildcards)])
 
 
 def ensemble_files(name):
