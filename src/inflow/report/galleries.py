@@ -29,7 +29,7 @@ from inflow.core.io import read_table, write_json  # noqa: E402
 from inflow.report.grids import CELL_H, CELL_W, draw_cells, flip_note, load_images  # noqa: E402
 from inflow.report.plots import BAD, GOOD, NEUTRAL  # noqa: E402
 from inflow.report.rankings import write_csv  # noqa: E402
-from inflow.report.tables import load_samples  # noqa: E402
+from inflow.report.tables import check_class, load_samples  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def write_class_gallery(
 ) -> None:
     """Rule ``class_gallery``: the gallery of class ``cls``."""
     samples, class_names = load_samples(manifest_path, predictions_path)
-    if cls not in class_names:
-        raise InflowError(f"class {cls!r} is not one of the dataset's classes {class_names}; see results/data/classes.json")
+    check_class(cls, class_names)
     save_gallery(*class_gallery(cls, read_table(tops_path), samples, images_path, ncols), out, cells_out)
 
 

@@ -21,10 +21,18 @@ from matplotlib import style as mpl_style  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from inflow.core.errors import InflowError  # noqa: E402
 from inflow.core.figures import save_figure  # noqa: E402
 from inflow.core.io import read_json, read_table  # noqa: E402
-from inflow.report.tables import influential_training, key_findings, load_classes, load_samples, most_harmful, most_helpful, overall_health  # noqa: E402
+from inflow.report.tables import (  # noqa: E402
+    check_class,
+    influential_training,
+    key_findings,
+    load_classes,
+    load_samples,
+    most_harmful,
+    most_helpful,
+    overall_health,
+)
 
 log = logging.getLogger(__name__)
 
@@ -398,8 +406,7 @@ def write_class_dashboard(
 ) -> None:
     """Rule ``class_dashboard``: the dashboard of class ``cls``."""
     samples, class_names = load_samples(manifest_path, predictions_path)
-    if cls not in class_names:
-        raise InflowError(f"class {cls!r} is not one of the dataset's classes {class_names}; see results/data/classes.json")
+    check_class(cls, class_names)
     health = read_table(health_path).set_index("scope")
     fig = class_dashboard(
         cls, samples, class_names, read_table(summary_path), read_table(topk_path), health.loc[cls].to_dict(), read_table(ranking_path)

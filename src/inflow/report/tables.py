@@ -471,6 +471,12 @@ def load_samples(manifest_path: str, predictions_path: str) -> tuple[pd.DataFram
     return sample_table(read_table(manifest_path), read_table(predictions_path)), class_names
 
 
+def check_class(cls: str, class_names: list[str]) -> None:
+    """Stop with one line when ``cls`` (a rule's class wildcard) is not one of the dataset's classes."""
+    if cls not in class_names:
+        raise InflowError(f"class {cls!r} is not one of the dataset's classes {class_names}; see results/data/classes.json")
+
+
 def write_selection(classes_path: str, false_predictions_path: str, predictions_path: str, cfg: dict[str, Any], out: str) -> None:
     """Rule ``report_selection``: the classes and test samples that get their own pictures (JSON)."""
     preds = read_table(predictions_path, columns=["sample_id", "split"])
