@@ -14,11 +14,13 @@ from inflow.workflow.smk import lock_hint
 if workflow.is_main_process and (_hint := lock_hint(".")):
     print(_hint, file=sys.stderr)
 
-# One line per problem, naming the key, before any job runs; then fill in the schema defaults.
+# One line per problem, naming the key, before any job runs; then fill in the schema defaults. The
+# semantic checks (they scan an image folder or manifest and open listed checkpoints) run once, in
+# the main process: a cluster job's own snakemake gets the config the main process already checked.
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
 if not _errors:
     validate(config, "../schemas/config.schema.yaml", set_default=True)
-    _errors = semantic_errors(config)
+    _errors = semantic_errors(config) if workflow.is_main_process else []
 if _errors:
     raise WorkflowError("invalid config (config.yaml or --config/--configfile):\n  " + "\n  ".join(_errors))
 config.update(canonical(resolved(config)))  # null defaults resolved; key order in a config file never reruns anything
