@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/influence_bench.py --n-train 260000     # 10x scale
     .venv/bin/python benchmarks/influence_bench.py --n-train 2000 --n-test 500 --compare   # + naive and Captum
     .venv/bin/python benchmarks/influence_bench.py --preconditioner kfac   # + the curvature and precondition rules
-    .venv/bin/python benchmarks/influence_bench.py --mode fused            # influence.mode fused: no dense shards
+    .venv/bin/python benchmarks/influence_bench.py --mode shards           # influence.mode shards: dense per-checkpoint shards
+    .venv/bin/python benchmarks/influence_bench.py --n-train 2600000 --train-tiles 16 --skip factor_loading  # 100x scale
 
 It writes random factors as the workflow's factor Parquet files, then, in a fresh child process
 (so its peak RSS is the workflow code's alone), times the same functions the rules call:
@@ -162,7 +163,8 @@ def worker(args: argparse.Namespace) -> None:
         self_influence([i["train"] for i in inputs], str(wd / "self_influence.parquet"), left_paths=left)
     if not times:
         times[args.stage] = time.perf_counter() - t
-    print(json.dumps({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"times": times, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
 
 
 STAGES = ("factor_loading", "curvature", "influence", "accumulate", "self_influence")
@@ -261,9 +263,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--preconditioner", choices=["none", "kfac", "ekfac"], default="none", help="influence.preconditioner")
     p.add_argument("--damping", type=float, default=1e-3, help="influence.damping")
-    p.add_argument("--mode", choices=["shards", "fused"], default="shards", help="influence.mode")
+    p.add_argument("--mode", choices=["shards", "fused"], default="fused", help="influence.mode (the workflow default, fused)")
     p.add_argument("--compare", action="store_true", help="also time the naive reference and Captum TracInCPFast")
     p.add_argument("--compare-test", type=int, default=1000, help="test samples used for the naive/Captum comparison")
+    p.add_argument(
+        "--skip", nargs="*", choices=STAGES, default=[], help="stages not run (factor_loading reads every file whole: skip it at 100x)"
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--stage", choices=STAGES, default=None, help=argparse.SUPPRESS)
@@ -283,16 +288,19 @@ def main() -> None:
     print(f"generated factors in {time.perf_counter() - t:.1f}s (not counted)")
 
     base = [sys.executable, __file__, "--worker", "--workdir", str(wd)] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare", "stage")
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare", "stage", "skip")
     ]
-    times, rss = {}, {}
+    times, rss, cpu = {}, {}, {}
     for stage in STAGES:
-        if stage == "curvature" and args.preconditioner == "none":
+        if (stage == "curvature" and args.preconditioner == "none") or stage in args.skip:
             continue
         out = subprocess.run(base + ["--stage", stage], capture_output=True, text=True, check=True).stdout
         res = json.loads(out.strip().splitlines()[-1])
         times.update(res["times"])
         rss[stage] = res["peak_rss_mb"]
+        cpu[stage] = res["cpu_s"]
+        if stage == "influence":  # what the tile jobs leave on disk: their top-k and sums (temp() in the workflow)
+            tile_bytes = sum(f.stat().st_size for f in (wd / "tiles").glob("*.npz"))
     times["topk_accumulation"] += times.pop("accumulate")
     products_only = times.pop("products_only", None)  # fused: products are not timed apart from the top-k
     total = sum(times.values())
@@ -321,6 +329,14 @@ def main() -> None:
     print(f"{what}: {shard_gflops:.1f} GFLOP/s -> {100 * shard_gflops / roof:.0f}% of roofline")
     print("peak RSS per stage (each in its own process, like a rule's job): " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
     print(f"peak RSS of the bounded-memory stages (influence shards + tile top-k): {rss['influence']:.0f} MB")
+    print(
+        "CPU seconds per stage (user + system; on a busy machine, wall time above overstates): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+    )
+    factor_bytes = sum(f.stat().st_size for f in wd.glob("epoch_*/*.parquet"))
+    print(
+        f"disk: factor files {factor_bytes / 1e9:.2f} GB (inputs); tile results {tile_bytes / 1e6:.0f} MB (temporary; the only influence output before the merge)"
+    )
 
     if args.compare:
         n_sub = min(args.compare_test, args.n_test)

@@ -261,10 +261,18 @@ REPORT_OUTPUTS = [
 ]
 
 
+def checkpoint_json(checkpoint):
+    """A checkpoint rule's JSON output; a damaged one (a copy cut short) stops the run in one line."""
+    path = checkpoint.get().output[0]
+    try:
+        return json.loads(open(path).read())
+    except json.JSONDecodeError as exc:
+        raise WorkflowError(f"{path}: not valid JSON ({exc.msg}); delete it and rerun") from None
+
+
 def selected_items():
     """Classes and test samples that get their own picture (the report_selection checkpoint's JSON)."""
-    with checkpoints.report_selection.get().output[0].open() as fh:
-        return json.load(fh)
+    return checkpoint_json(checkpoints.report_selection)
 
 
 def class_dashboards(wildcards=None):
@@ -284,8 +292,7 @@ def class_galleries(wildcards=None):
 
 def inspection_pages(wildcards=None):
     """One inspection page per training sample of the inspection_selection checkpoint."""
-    with checkpoints.inspection_selection.get().output[0].open() as fh:
-        ids = json.load(fh)["train_samples"]
+    ids = checkpoint_json(checkpoints.inspection_selection)["train_samples"]
     return expand("results/report/inspection/train_{train_id}.png", train_id=ids)
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Single-node SLURM "cluster" on localhost for the SLURM tests (Debian 12, root, no systemd).
-# Copied from the project lead's shared/slurm-local/cluster.sh (see its README for the lessons behind it).
+# Copied from the project lead's shared/slurm-local/cluster.sh (see its README for the lessons behind it),
+# with one change: memory limits are enforced without cgroups (jobacct_gather/linux polls each job's
+# processes every second and OverMemoryKill kills a job above its --mem), as a real cluster does.
 # usage: ci-slurm.sh install | start | stop | status
 set -euo pipefail
 D=${SLURM_CI_DIR:-/tmp/slurm-local}   # state, logs, pids live here
@@ -29,7 +31,9 @@ AuthType=auth/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SelectType=select/cons_tres

@@ -47,12 +47,12 @@ def test_animals10_dry_run_plans_the_seeds_run(tmp_path) -> None:
     )
     counts = job_counts(proc.stdout)
     assert counts["train"] == 1 and counts["factors"] == 20  # 10 checkpoints x {train, test}
-    assert counts["influence_shard"] == 10 * 2 * 4 and counts["tile_topk"] == 8
+    assert "influence_shard" not in counts and counts["tile_topk"] == 8  # influence.mode fused: 2 x 4 tiles
     assert "retrain" not in counts  # clean.enabled: false
     resources = job_resources(proc.stdout)
     (train,) = resources["train"]
     assert train["runtime"] == str(105 * 10) and train["gpu"] == "1"  # train.epochs x runtime_per_epoch minutes, one GPU
-    for rule in ("predict", "factors", "influence_shard"):
+    for rule in ("predict", "factors", "tile_topk"):
         assert all(job.get("gpu") == "1" for job in resources[rule]), rule
     assert "gpu" not in resources["prepare_data"][0] and "gpu" not in resources["mislabel"][0]
     assert not (tmp_path / "run" / "results").exists()

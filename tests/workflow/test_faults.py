@@ -2,7 +2,7 @@
 
 * An output damaged after it was made (a copy cut short): the next job that reads it stops with
   one line that names the file and says to delete it and rerun; no pyarrow/torch traceback.
-* A disk that fills up while a factor file or an influence shard is written (injected with
+* A disk that fills up while a factor file or an influence tile is written (injected with
   ``INFLOW_FAULT_DISK_FULL``): the job stops in one line naming the path and the bytes it needs,
   nothing that looks complete is left, and the rerun after space is freed gives identical results.
 * A second ``snakemake`` in the same folder while one runs: refused by Snakemake's lock, with
@@ -69,6 +69,18 @@ def test_a_file_cut_short_stops_the_next_job_in_one_line(tiny_run, tmp_path, dam
     assert not list((wd / target).parent.glob(f".{Path(target).name}.*.part"))
 
 
+def test_a_damaged_report_selection_stops_the_dag_in_one_line(tiny_run, tmp_path) -> None:
+    """The report's selection files (selection.json, inspection.json) are read by Snakemake itself (checkpoints, rules/common.smk) while it
+    builds the DAG: a copy cut short names the file and says to delete it, with no json traceback."""
+    wd, damaged = copy_run(tiny_run, tmp_path / "run"), "results/report/selection.json"
+    cut_short(wd / damaged)
+    proc = run_snakemake(wd, "-n", check=False, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"{damaged}: not valid JSON (" in out and "delete it and rerun" in out, out[-3000:]
+    assert "json/decoder.py" not in out and "JSONDecodeError" not in out, out[-3000:]
+
+
 # ---- a full disk ----------------------------------------------------------------------------------
 
 INFLUENCE = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/self_influence.parquet"]
@@ -81,13 +93,13 @@ def hidden_parts(folder: Path) -> list[Path]:
 
 def test_disk_full_stops_in_one_line_and_the_rerun_is_identical(tiny_run, tmp_path, monkeypatch) -> None:
     """Epoch 3's factors and every influence result are made again: first the train factor file's
-    write meets a full disk, then (its factors made) one influence shard's; then space is freed."""
+    write meets a full disk, then (its factors made) one influence tile's; then space is freed."""
     wd = copy_run(tiny_run, tmp_path / "run")
     for rel in ("results/factors/epoch_3/train.parquet", *INFLUENCE):
         (wd / rel).unlink()
     for damaged, needs in [
         ("results/factors/epoch_3/train.parquet", r"more than the \d+ bytes written so far"),
-        ("results/influence/shards/epoch_3/tile_0-1.npy", r"\d+ bytes"),
+        ("results/influence/tiles/tile_0-1.npz", r"more than the \d+ bytes written so far"),
     ]:
         monkeypatch.setenv(DISK_FULL_HOOK, f"*{damaged}")
         proc = run_snakemake(wd, *INFLUENCE, *TINY_RUN_ARGS, check=False, timeout=600)

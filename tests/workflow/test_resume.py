@@ -3,7 +3,7 @@
 The tiny config runs twice from scratch: once uninterrupted (the reference: the session's shared
 run, conftest.tiny_run, with the same one-thread jobs), once killed with
 SIGKILL (snakemake and all its jobs: the whole process group) during training and again
-during the influence shards, then resumed. The two runs' top-k tables and mislabel rankings
+during the influence tiles (influence.mode fused: each tile_topk job sums every checkpoint), then resumed. The two runs' top-k tables and mislabel rankings
 must be identical, which also shows that two runs from scratch with one seed agree on CPU.
 """
 
@@ -126,18 +126,18 @@ def test_killed_runs_resume_to_identical_results(reference, tmp_path) -> None:
     assert (wd / "results/train/checkpoints/epoch_2.pt").exists()  # the killed job had written part of its outputs
     check_no_partial_files(wd)
 
-    # 2. Resume; kill again once one influence shard is done and another has started.
+    # 2. Resume; kill again once one influence tile is done and another has started.
     unlock_after_kill(wd)
 
-    def shards_underway() -> bool:
-        logs = list((wd / "logs/influence_shard").glob("*.log"))
+    def tiles_underway() -> bool:
+        logs = list((wd / "logs/tile_topk").glob("*.log"))
         return len(logs) >= 2 and any("done in" in text(f) for f in logs)
 
-    run_until_killed(wd, shards_underway)
+    run_until_killed(wd, tiles_underway)
     assert "rule train: done" in text(wd / "logs/train.log")  # the first resume retrained from scratch
     assert not (wd / "results/influence/topk.parquet").exists()
-    done_shards = [p for p in (wd / "results/influence/shards").rglob("*.npy") if not p.name.startswith(".")]
-    assert 1 <= len(done_shards) < 8
+    done_tiles = [p for p in (wd / "results/influence/tiles").glob("*.npz") if not p.name.startswith(".")]
+    assert 1 <= len(done_tiles) < 4
     check_no_partial_files(wd)
     finished = {
         p: p.stat().st_mtime_ns
@@ -151,10 +151,10 @@ def test_killed_runs_resume_to_identical_results(reference, tmp_path) -> None:
     log = final.stdout + final.stderr
     assert not re.search(r"^\s*(local)?rule train:", log, re.M), log[-3000:]
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished checkpoints and factors were kept, not redone
-    # Unfinished shards rerun. A shard job that had renamed its file into place but was killed before
+    # Unfinished tiles rerun. A tile job that had renamed its file into place but was killed before
     # Snakemake recorded it as finished is incomplete to Snakemake and reruns too (at most --cores 2 in flight).
-    reruns = len(re.findall(r"^\s*(local)?rule influence_shard:", log, re.M))
-    assert 8 - len(done_shards) <= reruns <= 8 - len(done_shards) + 2, (reruns, len(done_shards))
+    reruns = len(re.findall(r"^\s*(local)?rule tile_topk:", log, re.M))
+    assert 4 - len(done_tiles) <= reruns <= 4 - len(done_tiles) + 2, (reruns, len(done_tiles))
     results, expected = read_results(wd), reference
     for rel in COMPARED:
         pd.testing.assert_frame_equal(results[rel], expected[rel], check_exact=True, obj=rel)

@@ -43,7 +43,6 @@ HEAVY_RULES = {
     "factors",
     "curvature",
     "precondition",
-    "influence_shard",
     "tile_topk",
     "retrain",
     "predict_clean",
@@ -77,7 +76,7 @@ def slurm_cluster():
 
 def test_dry_run_with_the_cluster_profile_needs_no_slurm(tmp_path) -> None:
     proc = run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), cores=None)
-    assert "influence_shard" in proc.stdout
+    assert "tile_topk" in proc.stdout
 
 
 def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny_run, tmp_path) -> None:
@@ -120,12 +119,24 @@ def _job_state(job_id: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
 
 
-def test_a_cancelled_influence_shard_is_retried_to_the_undisturbed_results(slurm_cluster, tiny_run, tmp_path) -> None:
-    """Issue 19: ``scancel`` one running influence_shard job of a ``--profile`` run with retries; the run
-    finishes by itself and the top-k, summary and self-influence equal the shared local run's.
+def _node() -> str:
+    return subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True).stdout.strip()
+
+
+def _set_node(state: str) -> None:
+    subprocess.run(["scontrol", "update", f"NodeName={_node()}", f"State={state}", "Reason=inflow-test"], check=True)
+
+
+@pytest.mark.parametrize("fault", ["scancel", "node_lost"])
+def test_a_tile_job_cancelled_or_on_a_lost_node_is_retried_to_the_undisturbed_results(slurm_cluster, tiny_run, tmp_path, fault) -> None:
+    """Issue 19: in the middle of a ``--profile slurm`` run with retries, one running tile_topk job
+    (influence.mode fused: every checkpoint's products of one tile) is cancelled (``scancel``), or the
+    node under it is lost (``scontrol update State=DOWN``, which kills its jobs as NODE_FAIL, then
+    ``RESUME`` after 3 s); the run finishes by itself and the top-k, summary and self-influence equal
+    the shared local run's.
 
     Only epoch 3's train factors and the influence results are made again (on a copy of the shared
-    run), so the run is some 15 SLURM jobs; only this run's own job is cancelled."""
+    run), so the run is some 15 SLURM jobs; only this run's own jobs are touched."""
     wd = copy_run(tiny_run, tmp_path / "run")
     for rel in ("results/factors/epoch_3/train.parquet", *INFLUENCE):
         (wd / rel).unlink()
@@ -140,25 +151,56 @@ def test_a_cancelled_influence_shard_is_retried_to_the_undisturbed_results(slurm
             stderr=subprocess.STDOUT,
         )
         try:
-            cancelled, deadline = None, time.monotonic() + 900
-            while cancelled is None:
-                assert run.poll() is None, f"the run ended before a shard could be cancelled:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "no influence_shard job ever ran"
-                shards = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_influence_shard/", log.read_text())
-                cancelled = next((job for job in shards if _job_state(job) == "RUNNING"), None)
+            hit, deadline = None, time.monotonic() + 900
+            while hit is None:
+                assert run.poll() is None, f"the run ended before a tile job could be hit:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "no tile_topk job ever ran"
+                tiles = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_tile_topk/", log.read_text())
+                hit = next((job for job in tiles if _job_state(job) == "RUNNING"), None)
                 time.sleep(0.5)
             time.sleep(2)  # mid-run: the job's own snakemake has started
-            subprocess.run(["scancel", cancelled], check=True)
+            if fault == "scancel":
+                subprocess.run(["scancel", hit], check=True)
+            else:
+                _set_node("DOWN")
+                time.sleep(3)
+                _set_node("RESUME")
             assert run.wait(timeout=1200) == 0, log.read_text()[-3000:]
         finally:
+            if fault == "node_lost" and "down" in _sinfo_state():
+                _set_node("RESUME")
             if run.poll() is None:
                 run.kill()
                 run.wait()
                 own_jobs = re.findall(r"submitted with SLURM jobid (\d+)", log.read_text())
                 subprocess.run(["scancel", *own_jobs], capture_output=True)  # this run's jobs only: the cluster may be shared
     out = log.read_text()
-    assert "Trying to restart job" in out, out[-3000:]
-    shard_jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_influence_shard/", out)
-    assert cancelled in shard_jobs and len(shard_jobs) == 2 * 4 + 1, shard_jobs  # 2 checkpoints x 4 tiles, and the retry
+    tile_jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_tile_topk/", out)
+    assert hit in tile_jobs
+    if fault == "scancel":
+        assert "Trying to restart job" in out, out[-3000:]
+        assert len(tile_jobs) == 4 + 1, tile_jobs  # 4 tiles, and the retry
+    else:  # every job running on the lost node failed: Snakemake resubmits each (or SLURM requeued it)
+        assert len(tile_jobs) >= 4 and ("Trying to restart job" in out or len(tile_jobs) == 4), out[-3000:]
+    for rel in INFLUENCE:
+        pd.testing.assert_frame_equal(read_table(wd / rel), read_table(tiny_run / rel), check_exact=True, obj=rel)
+
+
+def test_a_job_over_its_memory_is_killed_and_retried_with_more(slurm_cluster, tiny_run, tmp_path) -> None:
+    """Issue 19: every tile_topk job's first attempt asks SLURM for 200 MB (``--set-resources`` with an
+    attempt expression, as a user would undersize a rule), far below what it uses; SLURM kills it
+    (memory is enforced: tests/slurm/cluster.sh), Snakemake resubmits it with 4000 MB, and the run ends
+    by itself with the results of the undisturbed local run."""
+    wd = copy_run(tiny_run, tmp_path / "run")
+    for rel in INFLUENCE:
+        (wd / rel).unlink()
+    undersized = ["--set-resources", "tile_topk:mem_mb=200+3800*(attempt>1)"]
+    proc = run_snakemake(wd, "--profile", "slurm", *TEST_CLUSTER, "--retries", "1", *undersized, "--", *INFLUENCE, cores=None, timeout=1200)
+    out = proc.stdout + proc.stderr
+    tile_jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_tile_topk/", out)
+    assert len(tile_jobs) == 2 * 4, tile_jobs  # 4 tiles, each killed once and retried once
+    assert out.count("Trying to restart job") >= 4, out[-3000:]
+    killed = [log for log in (wd / ".snakemake/slurm_logs/rule_tile_topk").rglob("*.log") if "memory limit" in log.read_text().lower()]
+    assert killed, "no tile_topk job's SLURM log says it was killed for memory"
     for rel in INFLUENCE:
         pd.testing.assert_frame_equal(read_table(wd / rel), read_table(tiny_run / rel), check_exact=True, obj=rel)

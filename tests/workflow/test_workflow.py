@@ -40,13 +40,13 @@ def test_dry_run_shows_the_dag(tmp_path) -> None:
         ("factors", 4),
         ("curvature", 2),  # the default preconditioner, K-FAC: one curvature file per checkpoint
         ("precondition", 4),  # the test and train left sides per checkpoint
-        ("influence_shard", 8),
-        ("tile_topk", 4),
+        ("tile_topk", 4),  # influence.mode fused: every checkpoint's products of a tile in one job, no shards
         ("accumulate_topk", 1),
         ("self_influence", 1),
         ("mislabel", 1),
     ]:
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not in dry run:\n{out}"
+    assert "influence_shard" not in out
     assert not (tmp_path / "results").exists()
 
 
@@ -168,14 +168,14 @@ def test_performance_knobs_rerun_nothing(workdir: Path, tmp_path: Path) -> None:
 
 def test_top_k_reruns_influence_but_reuses_factors(workdir: Path, tmp_path: Path) -> None:
     jobs = planned_jobs(workdir, tmp_path, influence={"top_k": 3})
-    # the dense shards are temp(), so new top-k lists recompute them from the kept factor files
-    assert {"influence_shard", "tile_topk", "accumulate_topk", "mislabel"} <= set(jobs), jobs
+    # the tiles are temp(), so new top-k lists recompute them from the kept factor files
+    assert {"tile_topk", "accumulate_topk", "mislabel"} <= set(jobs), jobs
     assert not {"prepare_data", "train", "predict", "factors", "self_influence"} & set(jobs), jobs
 
 
 def test_new_checkpoint_epoch_retrains_and_keeps_the_data(workdir: Path, tmp_path: Path) -> None:
     jobs = planned_jobs(workdir, tmp_path, train={"checkpoint_epochs": [1, 2, 3]})
-    assert jobs.get("train") == 1 and jobs.get("factors") == 6 and jobs.get("influence_shard") == 12, jobs
+    assert jobs.get("train") == 1 and jobs.get("factors") == 6 and jobs.get("tile_topk") == 4, jobs
     assert "prepare_data" not in jobs, jobs
 
 
@@ -227,7 +227,7 @@ def two_runs(tiny_run: Path, tmp_path_factory) -> Path:
 def test_two_seeds_train_one_more_run_and_compare(workdir: Path, two_runs: Path, tmp_path: Path) -> None:
     """runs.seeds [0, 1]: the main run (seed 0) is reused, seed 1 runs the core DAG, and the comparison is made."""
     jobs = planned_jobs(workdir, tmp_path, runs={"seeds": [0, 1]})
-    assert jobs.get("run_train") == 1 and jobs.get("run_factors") == 4 and jobs.get("run_influence_shard") == 8, jobs
+    assert jobs.get("run_train") == 1 and jobs.get("run_factors") == 4 and jobs.get("run_tile_topk") == 4, jobs
     assert jobs.get("runs_comparison") == 1 and not (HEAVY | {"mislabel"}) & set(jobs), jobs
     run = two_runs
     out = run / "results/runs/comparison"
@@ -262,12 +262,12 @@ def test_two_seeds_train_one_more_run_and_compare(workdir: Path, two_runs: Path,
 def test_another_preconditioner_reuses_factors(workdir: Path, tmp_path: Path) -> None:
     """Plain TracIn (none) or EK-FAC instead of the default K-FAC: influence reruns, factors and training do not."""
     jobs = planned_jobs(workdir, tmp_path, influence={"preconditioner": "none"})
-    assert not {"curvature", "precondition"} & set(jobs) and jobs.get("influence_shard") == 8, jobs
-    assert {"tile_topk", "accumulate_topk", "self_influence", "mislabel"} <= set(jobs), jobs
+    assert not {"curvature", "precondition"} & set(jobs) and jobs.get("tile_topk") == 4, jobs
+    assert {"accumulate_topk", "self_influence", "mislabel"} <= set(jobs), jobs
     assert not {"prepare_data", "train", "predict", "factors"} & set(jobs), jobs
     jobs = planned_jobs(workdir, tmp_path / "ekfac", influence={"preconditioner": "ekfac"})
     # one curvature per checkpoint; the test and train left sides and the rotated train right side per checkpoint
-    assert jobs.get("curvature") == 2 and jobs.get("precondition") == 6 and jobs.get("influence_shard") == 8, jobs
+    assert jobs.get("curvature") == 2 and jobs.get("precondition") == 6 and jobs.get("tile_topk") == 4, jobs
     assert not {"prepare_data", "train", "predict", "factors"} & set(jobs), jobs
 
 
@@ -312,18 +312,20 @@ def test_comparison_scores_variants_and_ensembles_on_the_same_subset_models(two_
     np.testing.assert_allclose(summed.loc[main_self.index], main_self, rtol=1e-5)  # the ensemble's self-influence, run by run
 
 
-def test_fused_mode_gives_the_same_results_without_shards(workdir: Path, tmp_path: Path) -> None:
-    """influence.mode: fused on a copy of the finished run: switching the mode reruns nothing (the results
-    are the same by construction); forced, the tiles are recomputed without any influence_shard job
-    and the top-k, per-test and per-train sums equal the shard path's exactly."""
-    jobs = planned_jobs(workdir, tmp_path / "plan", influence={"mode": "fused"})
-    assert not {"influence_shard", "prepare_data", "train", "predict", "factors", "curvature", "precondition"} & set(jobs), jobs
-    run = copy_run(workdir, tmp_path / "fused")
-    config = merge(yaml.safe_load(TINY.read_text()), {"influence": {"mode": "fused"}})
-    (tmp_path / "fused.yaml").write_text(yaml.safe_dump(config))
+def test_shard_mode_gives_the_same_results_as_the_fused_default(workdir: Path, tmp_path: Path) -> None:
+    """influence.mode: shards on a copy of the finished (fused) run: the tiles (temp(), recorded with
+    other inputs) are made again from one dense shard per checkpoint and tile, from the kept factors,
+    and the top-k, per-test and per-train sums equal the fused path's exactly."""
+    jobs = planned_jobs(workdir, tmp_path / "plan", influence={"mode": "shards"})
+    assert jobs.get("influence_shard") == 8 and jobs.get("tile_topk") == 4, jobs
+    assert not {"prepare_data", "train", "predict", "factors", "curvature", "precondition", "self_influence"} & set(jobs), jobs
+    run = copy_run(workdir, tmp_path / "shards")
+    config = merge(yaml.safe_load(TINY.read_text()), {"influence": {"mode": "shards"}})
+    (tmp_path / "shards.yaml").write_text(yaml.safe_dump(config))
     targets = ["results/influence/topk.parquet", "results/influence/test_summary.parquet", "results/influence/train_summary.parquet"]
-    out = snakemake(run, *targets, "--forcerun", "tile_topk", configfile=tmp_path / "fused.yaml")
-    assert out.stdout.count("rule tile_topk:") + out.stderr.count("rule tile_topk:") == 4
-    assert "rule influence_shard" not in out.stdout + out.stderr and not (run / "results/influence/shards").exists()
+    out = snakemake(run, *targets, "--forcerun", "tile_topk", configfile=tmp_path / "shards.yaml")
+    log = out.stdout + out.stderr
+    assert log.count("rule tile_topk:") == 4 and log.count("rule influence_shard:") == 8  # 2 checkpoints x 4 tiles
+    assert not list((run / "results/influence/shards").rglob("*.npy"))  # temp(): removed once summed
     for rel in targets:
         pd.testing.assert_frame_equal(read_table(run / rel), read_table(workdir / rel), check_exact=True, obj=rel)

@@ -139,6 +139,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` atomically; a full disk stops with one line giving the exact size (``len(data)``)."""
+    with atomic_path(path, needed_bytes=len(data)) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
     """Save a NumPy array atomically."""
     with atomic_path(path) as tmp:

@@ -8,6 +8,7 @@ rate of the hooked layer (``tracin_lr``), train loss and validation metrics.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import re
 from pathlib import Path
@@ -16,10 +17,21 @@ from typing import Any
 import torch
 
 from inflow.core.errors import InflowError
-from inflow.core.io import atomic_path, read_json, write_json
+from inflow.core.io import read_json, write_bytes, write_json
 from inflow.model.architectures import Classifier, build_model
 
 REQUIRED_SIDECAR_KEYS = ("epoch", "lr", "tracin_lr")
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, serialised in memory first.
+
+    torch reports a failed write (a full disk) as a ``RuntimeError`` without an errno; writing the
+    serialised bytes ourselves turns it into inflow's one-line disk-full error with the exact size.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(buffer.getvalue(), path)
 
 
 def save_checkpoint(
@@ -27,8 +39,7 @@ def save_checkpoint(
 ) -> None:
     """Write ``{"arch": arch, "state_dict": ...}`` to ``path`` and ``sidecar`` to ``sidecar_path``."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"arch": arch, "state_dict": state}, tmp)
+    save_torch({"arch": arch, "state_dict": state}, path)
     if sidecar is not None and sidecar_path is not None:
         write_json(sidecar, sidecar_path)
 

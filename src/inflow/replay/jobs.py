@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from inflow.core.errors import InflowError
-from inflow.core.io import atomic_path, read_metadata, read_table, write_json, write_table
+from inflow.core.io import read_metadata, read_table, write_json, write_table
 from inflow.data.manifest import Split, load_manifest, load_split
 from inflow.model.architectures import build_model, kinked_modules, resolve_device
+from inflow.model.checkpoints import save_torch
 from inflow.model.losses import inverse_frequency_weights, per_sample_loss
 from inflow.replay.engine import (
     SGD,
@@ -168,8 +169,7 @@ def select_targets(preds: pd.DataFrame, kind: str, max_targets: int, group_size:
 
 
 def save_replay(path: str, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def load_replay(path: str, device: torch.device) -> tuple[dict[str, Any], FunctionalModel, Optimizer, Schedule, Trajectory]:

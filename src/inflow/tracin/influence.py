@@ -106,6 +106,17 @@ def rows_per_chunk(n_cols: int, memory_mb: float, buffers: int = 2) -> int:
     return max(1, min(MAX_CHUNK_ROWS, int(memory_mb * 2**20) // (4 * max(n_cols, 1) * buffers)))
 
 
+def product_rows(n_cols: int, memory_mb: float, n_blocks: int) -> int:
+    """Test rows per chunk of a tile's influence products, one rule for the shard and the fused path.
+
+    A GEMM's rounding can depend on its row count, so both paths cut rows alike to give the same
+    float32 products bit for bit. The budget counts the fused path's float32 ``(rows, n_cols)``
+    buffers: the product, the e-product, the running total and ``reduce_tile``'s positive part
+    (4), plus a second work buffer with several factor blocks (5).
+    """
+    return rows_per_chunk(n_cols, memory_mb, buffers=4 if n_blocks == 1 else 5)
+
+
 def tile_bounds(n: int, n_tiles: int, index: int) -> tuple[int, int]:
     """``[start, stop)`` of tile ``index`` when ``n`` rows are cut into ``n_tiles`` near-equal tiles."""
     if not 0 <= index < n_tiles:
@@ -169,7 +180,7 @@ def influence_shard(
     blocks_q, blocks_r, lr, meta_r = read_tile_sides(test_factors, train_factors, (q0, q1), (r0, r1))
     device = resolve_device(device_name)
     train = block_tensors(blocks_r, device)
-    chunk = rows_per_chunk(r1 - r0, memory_mb, buffers=2 if len(blocks_r) == 1 else 3)
+    chunk = product_rows(r1 - r0, memory_mb, len(blocks_r))
     log.info(
         "epoch %s tile %s: test rows %d:%d x train rows %d:%d, %d block(s), lr %g, %d rows per chunk on %s",
         meta_r.get("epoch"),

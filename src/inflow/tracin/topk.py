@@ -21,7 +21,16 @@ from inflow.core.errors import InflowError
 from inflow.core.io import NpyRowReader, atomic_path, write_table
 from inflow.model.architectures import resolve_device
 from inflow.tracin.factors import check_same_samples, read_factor_ids, read_factor_meta
-from inflow.tracin.influence import block_tensors, checked_tile, ghost_sum, parse_tile, read_tile_sides, rows_per_chunk, tile_bounds
+from inflow.tracin.influence import (
+    block_tensors,
+    checked_tile,
+    ghost_sum,
+    parse_tile,
+    product_rows,
+    read_tile_sides,
+    rows_per_chunk,
+    tile_bounds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +157,12 @@ def reduce_tile(chunks: Iterable[Tensor], train_ids: np.ndarray, k: int, device:
     start = 0
     for block in chunks:
         total = block.to(device)
-        finite = torch.isfinite(total).all(1)
-        if not finite.all():
-            rows = (start + torch.nonzero(~finite).flatten()[:10]).tolist()
+        # Each pass over the chunk is shared: the positive part, the sign mask and the float64 row
+        # sums serve rows and columns. A float64 sum of float32 entries cannot overflow, so a row
+        # whose net sum is not finite is exactly a row with an Inf/NaN entry (no separate check).
+        net = total.sum(1, dtype=torch.float64)
+        if not torch.isfinite(net).all():
+            rows = (start + torch.nonzero(~torch.isfinite(net)).flatten()[:10]).tolist()
             raise InflowError(
                 f"tile {tile}: influence overflows float32 (Inf/NaN) in rows {rows} of the tile's test samples; "
                 "the factors are finite but huge, check train.lr_head and the checkpoints, rerun train"
@@ -159,13 +171,15 @@ def reduce_tile(chunks: Iterable[Tensor], train_ids: np.ndarray, k: int, device:
         for kind, (vals, cols) in row_topk(total, k).items():
             parts.setdefault(f"{kind}_values", []).append(vals.cpu().numpy())
             parts.setdefault(f"{kind}_ids", []).append(ids[cols.cpu()].numpy())
-        positive = total.clamp(min=0).sum(1, dtype=torch.float64)
+        positive_part, is_positive = total.clamp(min=0), total > 0
+        positive = positive_part.sum(1, dtype=torch.float64)
         parts.setdefault("positive_sum", []).append(positive.cpu().numpy())
-        parts.setdefault("negative_sum", []).append((total.sum(1, dtype=torch.float64) - positive).cpu().numpy())
-        parts.setdefault("n_positive", []).append((total > 0).sum(1).cpu().numpy())
-        col_pos += total.clamp(min=0).sum(0, dtype=torch.float64)
+        parts.setdefault("negative_sum", []).append((net - positive).cpu().numpy())
+        parts.setdefault("n_positive", []).append(is_positive.sum(1).cpu().numpy())
+        col_pos += positive_part.sum(0, dtype=torch.float64)
         col_net += total.sum(0, dtype=torch.float64)
-        col_npos += (total > 0).sum(0)
+        col_npos += is_positive.sum(0)
+        del positive_part, is_positive
     arrays = {name: np.concatenate(p) for name, p in parts.items()}
     arrays.update(
         train_ids=ids.numpy(),
@@ -201,8 +215,8 @@ def fused_tile_topk(
     checkpoint are added up, ``total = sum_c ghost_sum(test_c, train_c, lr_c)`` ``(rows,
     n_train_tile)``, in checkpoint order as :func:`tile_topk` sums the shards, and the chunk goes
     straight to :func:`reduce_tile`: no dense shard is written, and the result equals the shard
-    path's. Memory: the tile's train factors of every checkpoint plus four ``(rows, n_train_tile)``
-    float32 buffers, rows chosen to fit ``memory_mb``.
+    path's. Memory: the tile's train factors of every checkpoint plus four (five with several blocks)
+    ``(rows, n_train_tile)`` float32 buffers, rows chosen to fit ``memory_mb``.
     """
     if len(test_factor_paths) != len(train_factor_paths) or not train_factor_paths:
         raise InflowError("influence: needs one test and one train factor file per checkpoint; check train.checkpoint_epochs")
@@ -217,7 +231,7 @@ def fused_tile_topk(
         blocks_q, blocks_r, lr, _ = read_tile_sides(test_path, train_path, (q0, q1), (r0, r1))
         sides.append((blocks_q, block_tensors(blocks_r, device), lr))
     n_blocks = max(len(train) for _, train, _ in sides)
-    chunk = rows_per_chunk(r1 - r0, memory_mb, buffers=2 if n_blocks == 1 else 3)
+    chunk = product_rows(r1 - r0, memory_mb, n_blocks)  # as influence_shard cuts rows: the same products bit for bit
     log.info(
         "tile %s: test rows %d:%d x train rows %d:%d, %d checkpoint file pair(s) summed in memory, %d rows per chunk on %s",
         tile, q0, q1, r0, r1, len(sides), chunk, device,
