@@ -136,3 +136,34 @@ def test_structured_projection_agrees_with_functional_reference_for_linear_on_to
     grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
     g0 = torch.cat([grads["0.weight"], grads["0.bias"].unsqueeze(2)], dim=2)
     torch.testing.assert_close(got["0"], projector.p_out["0"] @ g0 @ projector.p_in["0"].T, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.e2e
+def test_workflow_with_all_layers_factors_has_the_exact_top_k(tmp_path) -> None:
+    """The tiny config with factors.method: all_layers up to the top-k (auto preconditioner: none): the
+    factor files hold one block of projected gradients (e = 1) per sample, and topk.parquet is the
+    top-k of sum_c lr_c <p_test, p_train> recomputed from them."""
+    import yaml
+    from conftest import TINY, TINY_RUN_ARGS, merge, run_snakemake
+
+    from inflow.core.io import read_table
+    from inflow.tracin.factors import read_factor_blocks
+
+    config = merge(yaml.safe_load(TINY.read_text()), {"factors": {"method": "all_layers", "projection_k_in": 8, "projection_k_out": 4}})
+    (tmp_path / "all_layers.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    run_snakemake(run, "results/influence/topk.parquet", *TINY_RUN_ARGS, configfiles=[tmp_path / "all_layers.yaml"])
+    dense = 0.0
+    for ckpt in (2, 3):
+        q_ids, ((a_q, e_q),), meta = read_factor_blocks(str(run / f"results/factors/epoch_{ckpt}/test.parquet"))
+        r_ids, ((a_r, e_r),), _ = read_factor_blocks(str(run / f"results/factors/epoch_{ckpt}/train.parquet"))
+        assert meta["method"] == "all_layers" and meta["d_a"] == 10 * 8 * 4 and len(meta["layers"]) == 10
+        assert (e_q == 1).all() and (e_r == 1).all() and np.isfinite(a_q).all() and np.abs(a_q).sum() > 0
+        dense = dense + meta["tracin_lr"] * a_q.astype(np.float64) @ a_r.astype(np.float64).T
+    topk = read_table(run / "results/influence/topk.parquet")
+    k = int(topk["rank"].max())
+    pro = topk[topk.kind == "proponent"].sort_values(["test_id", "rank"])
+    np.testing.assert_array_equal(pro.train_id.to_numpy().reshape(len(q_ids), k), r_ids[np.argsort(-dense, axis=1)[:, :k]])
+    opp = topk[topk.kind == "opponent"].sort_values(["test_id", "rank"])
+    np.testing.assert_allclose(opp.influence.to_numpy().reshape(len(q_ids), k), np.sort(dense, axis=1)[:, :k], rtol=1e-4, atol=1e-9)
+    assert not (run / "results/curvature").exists()  # auto resolves to plain TracIn for all_layers
