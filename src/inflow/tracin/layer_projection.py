@@ -108,7 +108,7 @@ class LayerProjector:
         return len(self.layers) * self.k_out * self.k_in
 
     def project_input(self, name: str, module: nn.Module, a: Tensor) -> Tensor:
-        """``P_in [a_t; 1]`` at every position ``t``: ``(n, T, k_in)`` float32 from the layer's input ``a``.
+        """``P_in [a_t; 1]`` at every position ``t``: ``(n, k_in, T)`` float32 from the layer's input ``a``.
 
         Conv2d: ``a (n, C_in, H, W)``, ``T = H' W'`` output positions, computed as a convolution with the
         projected kernel. Linear: ``a (n, ..., d_in)``, ``T`` the product of the middle dims (1 for ``(n, d_in)``).
@@ -117,16 +117,16 @@ class LayerProjector:
         bias = p[:, -1] if module.bias is not None else None
         if isinstance(module, nn.Conv2d):
             weight = (p[:, :-1] if bias is not None else p).reshape(self.k_in, module.in_channels, *module.kernel_size)
-            out = F.conv2d(a.float(), weight, bias, module.stride, module.padding, module.dilation)
-            return out.flatten(2).transpose(1, 2)  # (n, T, k_in)
+            return F.conv2d(a.float(), weight, bias, module.stride, module.padding, module.dilation).flatten(2)
         a = a.float().reshape(len(a), -1, a.shape[-1])
-        return F.linear(a, p[:, :-1], bias) if bias is not None else a @ p.T
+        return (F.linear(a, p[:, :-1], bias) if bias is not None else a @ p.T).transpose(1, 2)
 
     def project_output(self, name: str, module: nn.Module, e: Tensor) -> Tensor:
-        """``P_out e_t`` at every position: ``(n, T, k_out)`` float32 from the output gradient ``e`` (shaped as the layer's output)."""
+        """``P_out e_t`` at every position: ``(n, k_out, T)`` float32 from the output gradient ``e`` (shaped as the layer's output)."""
         e = e.float()
-        e = e.flatten(2).transpose(1, 2) if isinstance(module, nn.Conv2d) else e.reshape(len(e), -1, e.shape[-1])
-        return e @ self.p_out[name].T
+        if isinstance(module, nn.Conv2d):
+            return torch.matmul(self.p_out[name], e.flatten(2))  # (k_out, C_out) @ (n, C_out, T)
+        return (e.reshape(len(e), -1, e.shape[-1]) @ self.p_out[name].T).transpose(1, 2)
 
 
 def structured_gradients(
@@ -163,13 +163,13 @@ def structured_gradients(
 
         def hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             with torch.no_grad():
-                pa = projector.project_input(name, module, inputs[0].detach())  # (n, T, k_in)
+                pa = projector.project_input(name, module, inputs[0].detach())  # (n, k_in, T)
             called.add(name)
 
             def backward_hook(grad: Tensor) -> None:
                 with torch.no_grad():
-                    pe = projector.project_output(name, module, grad)  # (n, T, k_out)
-                    out[name].add_(torch.bmm(pe.transpose(1, 2), pa))  # sum_t (P_out e_t)(P_in a_t)^T
+                    pe = projector.project_output(name, module, grad)  # (n, k_out, T)
+                    out[name].add_(torch.bmm(pe, pa.transpose(1, 2)))  # sum_t (P_out e_t)(P_in a_t)^T
 
             if output.requires_grad:
                 output.register_hook(backward_hook)  # sees dL/d(output) even if the output is modified in place later
