@@ -177,14 +177,19 @@ def structured_gradients(
         return hook
 
     handles = [m.register_forward_hook(forward_hook(name)) for name, m in projector.layers]
+    flags = [p.requires_grad for p in model.parameters()]
     try:
-        x_leaf = x.detach().requires_grad_(True)  # every layer's output then carries grad; weights' grads are not asked for
+        for p in model.parameters():
+            p.requires_grad_(False)  # autograd then keeps fewer tensors for the backward pass (no weight gradients)
+        x_leaf = x.detach().requires_grad_(True)  # every layer's output then carries grad
         with torch.enable_grad():
             loss = per_sample_loss(model(x_leaf).float(), y, class_weights, smoothing).sum()  # rows independent: e_i is sample i's
             torch.autograd.grad(loss, x_leaf)
     finally:
         for handle in handles:
             handle.remove()
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
     missing = [name for name in modules if name not in called]
     if missing:
         log.warning("factors.method=all_layers: %s never called as modules; their blocks are zero", missing)
