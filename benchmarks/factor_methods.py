@@ -9,7 +9,8 @@ after one warm-up batch: ``projection`` (``vmap(grad)`` per-sample gradients of 
 times a ``(d, k)`` Rademacher matrix) and ``all_layers`` (``inflow.tracin.layer_projection``: one
 forward and backward pass, each Linear/Conv2d layer projected to ``k_out x k_in``). As a
 yardstick, ``fwd+bwd`` is one plain training step's forward and backward pass of the same batch
-(parameter gradients, batch statistics). Peak RSS is the child's maximum resident set, ``base``
+(parameter gradients, batch statistics). CPU s is the process's CPU time for the batch (steadier than
+wall time on a shared machine). Peak RSS is the child's maximum resident set, ``base``
 the same after building the model (Python, torch, the model). Nothing here is a test.
 """
 
@@ -61,10 +62,18 @@ def run_case(case: dict) -> dict:
             return sum(a.shape[1] for a, _ in factors(xb, yb))
 
     batch(x[:2], y[:2])  # warm-up (and the projection's matrix cache)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     width = batch(x, y)
-    seconds = time.perf_counter() - start
-    return {**case, "seconds": seconds, "peak_rss_mb": rss_mb(), "base_rss_mb": base, "n_params": n_params, "width": width}
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        **case,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "peak_rss_mb": rss_mb(),
+        "base_rss_mb": base,
+        "n_params": n_params,
+        "width": width,
+    }
 
 
 def child(case: dict) -> dict:
@@ -108,7 +117,7 @@ def main() -> None:
     ]
     rows = []
     print(
-        f"{'model':22} {'method':11} {'images':>6} {'s/batch':>8} {'ms/image':>9} {'peak RSS MB':>11} {'base MB':>8} {'factor width':>12}"
+        f"{'model':22} {'method':11} {'images':>6} {'s/batch':>8} {'ms/image':>9} {'CPU s':>7} {'peak RSS MB':>11} {'base MB':>8} {'factor width':>12}"
     )
     for case in cases:
         row = child(case)
@@ -117,7 +126,7 @@ def main() -> None:
             print(f"{row['arch']:22} {row['method']:11} failed: {row['error']}")
             continue
         print(
-            f"{row['arch']:22} {row['method']:11} {row['n']:6d} {row['seconds']:8.2f} {1000 * row['seconds'] / row['n']:9.1f} "
+            f"{row['arch']:22} {row['method']:11} {row['n']:6d} {row['seconds']:8.2f} {1000 * row['seconds'] / row['n']:9.1f} {row['cpu_seconds']:7.2f} "
             f"{row['peak_rss_mb']:11.0f} {row['base_rss_mb']:8.0f} {row['width']:12d}"
         )
     if args.json:
