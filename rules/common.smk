@@ -404,7 +404,7 @@ def lds_train_settings():
 
 
 # Factor methods (factors.method) and their comparison (rules/methods.smk, off unless compare.enabled).
-FACTOR_METHODS = ["last_layer", "head_layers", "projection"]
+FACTOR_METHODS = ["last_layer", "head_layers", "projection", "all_layers"]
 COMPARE_METHODS = config["compare"]["methods"]
 CLEANLAB_FOLDS = [str(f) for f in range(config["compare"]["cleanlab_folds"])]
 
@@ -421,10 +421,12 @@ wildcard_constraints:
 
 
 def method_settings(name):
-    """The factors rule's ``method`` param for factor method ``name`` (projection settings only for projection)."""
+    """The factors rule's ``method`` param for factor method ``name`` (projection settings only for projection and all_layers)."""
     settings = {"method": name}
     if name == "projection":
         settings.update(projection_dim=config["factors"]["projection_dim"], projection_seed=config["factors"]["projection_seed"])
+    if name == "all_layers":
+        settings.update({k: config["factors"][k] for k in ("projection_k_in", "projection_k_out", "projection_seed")})
     return settings
 
 

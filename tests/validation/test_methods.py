@@ -43,6 +43,7 @@ from inflow.tracin.self_influence import self_influence
 from inflow.validation.cleanlab_baseline import NOT_INSTALLED, cleanlab_issues, fold_assignment
 from inflow.validation.comparison import compare_methods, ensemble_table
 from inflow.validation.lds import subset_scores
+from inflow.workflow.config import resolved_preconditioner
 
 WEIGHTS = inverse_frequency_weights(np.array([0, 0, 1, 2, 2, 2, 3, 4]), 5)
 SMOOTHING = 0.1
@@ -279,6 +280,37 @@ def test_projection_factor_files_share_one_matrix_across_splits(data_run) -> Non
     np.testing.assert_allclose(np.load(shard), 2e-3 * a_q.astype(np.float64) @ a_r.T, rtol=1e-4, atol=1e-9)
 
 
+def test_all_layers_factor_files_share_the_layer_matrices_and_take_gram(data_run, tmp_path) -> None:
+    """all_layers files of both splits (separate calls, batches of 7) hold the structured projections of
+    one seeded set of per-layer matrices, the backbone's layers weighted by sqrt(lr_backbone / lr_head);
+    gram fits on them, kfac stops with one line."""
+    from inflow.data.manifest import load_manifest, load_split
+    from inflow.model.checkpoints import load_checkpoint
+    from inflow.tracin.curvature import fit_checkpoint_curvature
+    from inflow.tracin.layer_projection import LayerProjector, all_layer_gradients
+
+    method = {"method": "all_layers", "projection_k_in": 6, "projection_k_out": 3, "projection_seed": 4}
+    paths = {split: extract(data_run, split, method, "all") for split in ("train", "test")}
+    manifest, _ = load_manifest(str(data_run / "manifest.parquet"))
+    model = load_checkpoint(str(data_run / "epoch_1.pt"), torch.device("cpu"))
+    weights = inverse_frequency_weights(manifest.loc[manifest.split == "train", "label"].to_numpy(), 10)
+    projector = LayerProjector(model, 6, 3, 4)
+    scales = {n: (math.sqrt(0.5) if n.startswith("backbone") else 1.0) for n in projector.names}
+    for split, path in paths.items():
+        _, ((a, e),), meta = read_factor_blocks(path)
+        assert meta["method"] == "all_layers" and meta["layers"] == projector.names and meta["d_a"] == 10 * 18 and meta["d_out"] == 1
+        assert meta["projection_k_in"] == 6 and meta["projection_k_out"] == 3 and meta["n_covered_params"] < meta["n_params"]
+        np.testing.assert_array_equal(e, 1.0)
+        x, y = load_split(str(data_run / "images.npy"), manifest, split).batch(slice(None), torch.device("cpu"))
+        expected = all_layer_gradients(model, x, y, weights, 0.1, projector, scales)
+        torch.testing.assert_close(torch.from_numpy(a.copy()), expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
+    fit_checkpoint_curvature(paths["train"], "gram", 1e-3, str(tmp_path / "gram.npz"))
+    with pytest.raises(InflowError, match="preconditioner=kfac needs layer factors .* not all_layers; use gram for all_layers"):
+        fit_checkpoint_curvature(paths["train"], "kfac", 1e-3, str(tmp_path / "kfac.npz"))
+    with pytest.raises(InflowError, match=r"\(projection_k_in 6 vs 8\)"):
+        check_factors_match("t", {"method": "all_layers", "projection_k_in": 6}, "r", {"method": "all_layers", "projection_k_in": 8})
+
+
 def test_head_layer_factor_files_record_their_layers(data_run) -> None:
     path = extract(data_run, "test", {"method": "head_layers"}, "head")
     _, blocks, meta = read_factor_blocks(path)
@@ -312,12 +344,20 @@ def test_method_and_compare_keys_have_defaults_and_one_line_errors() -> None:
         )
         == []
     )
+    all_layers = {"factors": {"method": "all_layers"}, "influence": {"preconditioner": "gram"}, "compare": {"methods": ["all_layers+gram"]}}
+    assert config_errors(all_layers) == []
+    assert resolved_preconditioner({"factors": {"method": "all_layers"}, "influence": {"preconditioner": "auto"}}) == "none"
     for over, line in [
         (
-            {"factors": {"method": "all_layers"}},
-            "factors.method: 'all_layers' is not one of ['last_layer', 'head_layers', 'projection']; use one of",
+            {"factors": {"method": "every_layer"}},
+            "factors.method: 'every_layer' is not one of ['last_layer', 'head_layers', 'projection', 'all_layers']; use one of",
         ),
         ({"factors": {"projection_dim": 0}}, "factors.projection_dim: 0 is less than the minimum of 1; use a value >= 1 (default: 512)"),
+        (
+            {"factors": {"method": "all_layers"}, "influence": {"preconditioner": "kfac"}},
+            "influence.preconditioner=kfac needs layer factors, not factors.method=all_layers",
+        ),
+        ({"factors": {"projection_k_in": 0}}, "factors.projection_k_in: 0 is less than the minimum of 1; use a value >= 1 (default: 16)"),
         ({"compare": {"methods": []}}, "compare.methods: [] should be non-empty"),
         ({"compare": {"methods": ["tracin"]}}, "compare.methods.0: 'tracin' is not one of"),
         ({"compare": {"methods": ["projection+kfac"]}}, "compare.methods.0: 'projection+kfac' is not one of"),

@@ -20,7 +20,7 @@ For one block (a layer) the per-sample gradient is ``G_i = e_i a_i^T`` (``(d_out
   basis ``H^-1`` is diagonal but no longer a Kronecker product, so both sides are written as
   flattened rotated gradients ``vec(Q_S^T e a^T Q_A)`` (``d_out * d_a`` columns, one block with
   ``e = [1]``), the test side divided by ``L + damping``.
-* ``gram`` (TRAK, Park et al. 2023) for ``projection`` factors ``phi`` (``(n, k)``):
+* ``gram`` (TRAK, Park et al. 2023) for ``projection`` and ``all_layers`` factors ``phi`` (``(n, k)``):
   ``(Phi^T Phi / n + damping * mean eigenvalue * I)^-1 phi_test``.
 
 The preconditioned influence of a pair is ``sum_l <left(test)_l, right(train)_l>`` per block,
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 PRECONDITIONERS = ("none", "kfac", "ekfac", "gram")
 FACTOR_BLOCK_METHODS = ("last_layer", "head_layers")  # methods whose blocks are (a, e) of a layer
+GRAM_METHODS = ("projection", "all_layers")  # methods whose one block is projected gradients (e = [1])
 EKFAC_MAX_WIDTH = 1_000_000  # d_out * d_a of one block: the flattened gradients must fit in a file
 
 
@@ -129,10 +130,10 @@ def check_method(kind: str, method: str) -> None:
     """Raise unless preconditioner ``kind`` applies to factors of ``method``."""
     if kind in ("kfac", "ekfac") and method not in FACTOR_BLOCK_METHODS:
         raise InflowError(
-            f"influence.preconditioner={kind} needs layer factors (factors.method last_layer or head_layers), not {method}; use gram for projection"
+            f"influence.preconditioner={kind} needs layer factors (factors.method last_layer or head_layers), not {method}; use gram for {method}"
         )
-    if kind == "gram" and method != "projection":
-        raise InflowError(f"influence.preconditioner=gram needs factors.method: projection, not {method}; use kfac or ekfac")
+    if kind == "gram" and method not in GRAM_METHODS:
+        raise InflowError(f"influence.preconditioner=gram needs factors.method: projection or all_layers, not {method}; use kfac or ekfac")
 
 
 def fit_curvature(blocks: list[Block], kind: str, damping: float) -> list[dict[str, np.ndarray]]:

@@ -22,6 +22,9 @@ per sample, and TracIn is ``sum_l <a_l, a_l'> <e_l, e_l'>`` (:func:`inflow.traci
 * ``projection``: one block, ``a`` = the per-sample gradient of every model parameter projected
   to ``factors.projection_dim`` dimensions (:mod:`inflow.tracin.projection`) and ``e = [1]``, so the
   ghost product is the plain dot product of the projections.
+* ``all_layers``: one block, ``a`` = every Linear and Conv2d layer's per-sample gradient projected
+  per layer to ``factors.projection_k_out x factors.projection_k_in`` from one forward and backward
+  pass (:mod:`inflow.tracin.layer_projection`), the layers concatenated, and ``e = [1]``.
 
 A file holds block 0 in columns ``a`` and ``e`` and block ``l >= 1`` in ``a_l`` and ``e_l``; its
 metadata records the method (files without one are ``last_layer``).
@@ -60,7 +63,8 @@ from inflow.model.losses import inverse_frequency_weights, per_sample_loss
 log = logging.getLogger(__name__)
 
 Block = tuple[np.ndarray, np.ndarray]  # (a (n, d_a), e (n, d_out)) of one layer
-METHODS = ("last_layer", "head_layers", "projection")
+METHODS = ("last_layer", "head_layers", "projection", "all_layers")
+PROJECTED_METHODS = ("projection", "all_layers")  # one block (a = projected gradients, e = [1]); no named layers
 DEFAULT_METHOD = "last_layer"
 FISHER_SPLIT = "fisher"  # the train split with labels sampled from the model (true-Fisher curvature)
 
@@ -208,11 +212,12 @@ def method_batch_factors(
     """The function ``(x, y) -> blocks`` that computes one batch's factors for ``method``.
 
     ``method`` is ``{"method": name}`` plus ``projection_dim`` and ``projection_seed`` for
-    ``projection``; ``group_lrs`` and ``tracin_lr`` (from the sidecar) weight the projection's
+    ``projection``, ``projection_k_in``, ``projection_k_out`` and ``projection_seed`` for
+    ``all_layers``; ``group_lrs`` and ``tracin_lr`` (from the sidecar) weight the projection's
     parameter groups.
     """
     name = method["method"]
-    if method.get("layers") and name != "projection":
+    if method.get("layers") and name not in PROJECTED_METHODS:
         layers = list(method["layers"])
         scales = [math.sqrt(group_lrs.get(layer_group(n), tracin_lr) / tracin_lr) if tracin_lr > 0 else 1.0 for n in layers]
 
@@ -236,6 +241,19 @@ def method_batch_factors(
             return [(p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device))]
 
         return projected
+    if name == "all_layers":
+        from inflow.tracin.layer_projection import LayerProjector, all_layer_gradients
+        from inflow.tracin.projection import group_scales
+
+        device = next(model.parameters()).device
+        layer_projector = LayerProjector(model, method["projection_k_in"], method["projection_k_out"], method["projection_seed"], device)
+        layer_scales = group_scales(layer_projector.names, group_lrs, tracin_lr)
+
+        def all_layers(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+            p = all_layer_gradients(model, x, y, class_weights, smoothing, layer_projector, layer_scales)
+            return [(p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device))]
+
+        return all_layers
     raise InflowError(f"factors.method={name!r}: use one of {', '.join(METHODS)}")
 
 
@@ -430,7 +448,20 @@ def check_factors_match(test_path: str, test_meta: dict[str, Any], train_path: s
             "delete both and rerun the factors rule with one factors.method"
         )
     problems = []
-    for key in ("projection_dim", "projection_seed", "layers", "epoch", "tracin_lr", "d_a", "d_out", "include_bias", "model", "manifest"):
+    for key in (
+        "projection_dim",
+        "projection_seed",
+        "projection_k_in",
+        "projection_k_out",
+        "layers",
+        "epoch",
+        "tracin_lr",
+        "d_a",
+        "d_out",
+        "include_bias",
+        "model",
+        "manifest",
+    ):
         if key in test_meta and key in train_meta and test_meta[key] != train_meta[key]:
             problems.append(f"{key} {test_meta[key]} vs {train_meta[key]}")
     if problems:
@@ -501,13 +532,31 @@ def as_tensor(array: np.ndarray) -> Tensor:
 def method_metadata(model: Classifier, method: dict[str, Any], side: dict[str, Any]) -> dict[str, Any]:
     """What a factor file records about its method: name, layers (block order), projection settings."""
     name = method["method"]
-    if method.get("layers") and name != "projection":
+    if method.get("layers") and name not in PROJECTED_METHODS:
         return {"method": name, "layer": method["layers"][0], "layers": list(method["layers"])}
     if name == "last_layer":
         return {"method": name, "layer": side.get("hooked_layer")}
     if name == "head_layers":
         return {"method": name, "layer": side.get("hooked_layer"), "layers": head_layer_names(model)}
     n_params = sum(p.numel() for p in model.parameters())
+    if name == "all_layers":
+        from inflow.tracin.layer_projection import covered_layers
+
+        layers = covered_layers(model)
+        k_in, k_out = method["projection_k_in"], method["projection_k_out"]
+        covered = sum(p.numel() for _, m in layers for p in m.parameters(recurse=False))
+        return {
+            "method": name,
+            "layer": f"{len(layers)} Linear/Conv2d layers ({covered} of {n_params} parameters), each projected to {k_out} x {k_in}",
+            "layers": [n for n, _ in layers],
+            "projection_k_in": k_in,
+            "projection_k_out": k_out,
+            "projection_seed": method["projection_seed"],
+            "projection_matrix": "rademacher",
+            "n_params": n_params,
+            "n_covered_params": covered,
+            "group_lr": side.get("lr"),
+        }
     return {
         "method": name,
         "layer": f"{n_params} parameters projected to {method['projection_dim']}",
@@ -534,8 +583,8 @@ def extract_factors(
 ) -> None:
     """Compute and write the factors of ``split`` (train, test or :data:`FISHER_SPLIT`) at one checkpoint.
 
-    ``method`` is ``{"method": "last_layer" | "head_layers" | "projection"}`` (plus
-    ``projection_dim``, ``projection_seed``); None means ``last_layer``.
+    ``method`` is ``{"method": "last_layer" | "head_layers" | "projection" | "all_layers"}`` (plus
+    ``projection_dim``, ``projection_seed``, ``projection_k_in``, ``projection_k_out``); None means ``last_layer``.
     """
     method = method or {"method": DEFAULT_METHOD}
     device = resolve_device(device_name)

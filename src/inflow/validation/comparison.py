@@ -37,6 +37,7 @@ METHOD_NOTES = {
     "last_layer": "TracIn on the head's final Linear layer",
     "head_layers": "TracIn on every Linear layer of the head",
     "projection": "TracIn on all parameters, randomly projected",
+    "all_layers": "TracIn on every Linear and Conv2d layer, projected per layer",
 }
 KIND_COLORS = {"tracin": "#1565c0", "ensemble": "#6a1b9a", "ranking": "#2e7d32", "baseline": "#757575"}
 PRECONDITIONER_NOTES = {

@@ -51,6 +51,7 @@ METHOD_DESCRIPTIONS = {
     "last_layer": "ghost dot-product on the final Linear layer",
     "head_layers": "ghost dot-product on every Linear layer of the head, summed",
     "projection": "dot product of randomly projected per-sample gradients of all parameters",
+    "all_layers": "dot product of per-layer projected gradients of every Linear and Conv2d layer",
 }
 
 OUTPUTS = {

@@ -134,22 +134,22 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
                 f"train.{key}={train[key]:g} is far too large for AdamW (training diverges to NaN); use a value <= 1, typically 1e-4 to 1e-2"
             )
     preconditioner, method = resolved_preconditioner(config), config["factors"]["method"]
-    if preconditioner in ("kfac", "ekfac") and method == "projection":
+    if preconditioner in ("kfac", "ekfac") and method in ("projection", "all_layers"):
         errors.append(
-            f"influence.preconditioner={preconditioner} needs layer factors, not factors.method=projection; use gram, or factors.method last_layer / head_layers"
+            f"influence.preconditioner={preconditioner} needs layer factors, not factors.method={method}; use gram, or factors.method last_layer / head_layers"
         )
     if influence["ensemble"] and not [s for s in config["runs"]["seeds"] if s != config["seed"]]:
         errors.append("influence.ensemble: true needs other runs to add up; list their seeds in runs.seeds (e.g. [0, 1, 2, 3, 4])")
-    if preconditioner == "gram" and method != "projection":
+    if preconditioner == "gram" and method not in ("projection", "all_layers"):
         errors.append(
             f"influence.preconditioner=gram preconditions projected gradients, not factors.method={method}; use kfac or ekfac, or factors.method: projection"
         )
     from inflow.model.architectures import architecture_errors
 
     errors += architecture_errors(config["model"]["arch"], config["factors"]["layers"])
-    if config["factors"]["layers"] and method == "projection":
+    if config["factors"]["layers"] and method in ("projection", "all_layers"):
         errors.append(
-            "factors.layers: names layers for last_layer / head_layers factors, not factors.method=projection; empty it or change the method"
+            f"factors.layers: names layers for last_layer / head_layers factors, not factors.method={method}; empty it or change the method"
         )
     sizes = None
     if data["source"] == "manifest":
@@ -229,11 +229,12 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
 
 def resolved_preconditioner(config: dict[str, Any]) -> str:
     """``influence.preconditioner`` with ``auto`` resolved: ``kfac`` for layer factors (last_layer,
-    head_layers), ``none`` for ``projection`` (Gram measured below plain TracIn there, docs/validation.md)."""
+    head_layers), ``none`` for ``projection`` (Gram measured below plain TracIn there, docs/validation.md)
+    and ``all_layers`` (its projected layer gradients have no Kronecker factors; ``gram`` applies)."""
     preconditioner = config["influence"]["preconditioner"]
     if preconditioner != "auto":
         return preconditioner
-    return "none" if config["factors"]["method"] == "projection" else "kfac"
+    return "none" if config["factors"]["method"] in ("projection", "all_layers") else "kfac"
 
 
 RETRAINING_STAGES = ("replay", "lds", "compare")
