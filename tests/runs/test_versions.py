@@ -18,8 +18,8 @@ from inflow.mislabel.ranking import budget_count
 
 pytestmark = pytest.mark.e2e
 
-# tiny, smaller still: two epochs, one checkpoint, one influence tile (about 40 jobs for three versions)
-SMALL = {"train": {"epochs": 2, "checkpoint_epochs": [2]}, "influence": {"test_tiles": 1, "train_tiles": 1}}
+# tiny, smaller still: one checkpoint, one influence tile (about 40 jobs for three versions)
+SMALL = {"train": {"checkpoint_epochs": [3]}, "influence": {"test_tiles": 1, "train_tiles": 1}}
 VERSIONS = {
     "runs": {"seeds": [0, 1], "top_influential": 10},
     "versions": {"cleaned": {"data": "clean/influence", "note": "the review file's fixes"}},

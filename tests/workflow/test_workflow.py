@@ -234,7 +234,8 @@ def test_two_seeds_train_one_more_run_and_compare(workdir: Path, two_runs: Path,
     accuracy = pd.read_csv(out / "accuracy.csv")
     assert accuracy.version.tolist() == ["main", "seed_1"] and accuracy.main.tolist() == [True, False]
     preds = {
-        name: read_table(run / root / "predictions/predictions.parquet") for name, root in (("main", "results"), ("seed_1", "results/runs/seed_1"))
+        name: read_table(run / root / "predictions/predictions.parquet")
+        for name, root in (("main", "results"), ("seed_1", "results/runs/seed_1"))
     }
     tests = {name: p[p.split == "test"].set_index("sample_id") for name, p in preds.items()}
     for row in accuracy.itertuples():

@@ -33,14 +33,15 @@ def accuracy_panel(ax, accuracy: pd.DataFrame, summary: pd.DataFrame) -> None:
         ax.axhspan(lo, hi, color=NEUTRAL, alpha=0.2, label=f"+- std ({first.uncleaned_std:.3f})")
     ax.set_xticks(x, accuracy.version, fontsize=8, rotation=20)
     ax.set_ylim(0, 1.1)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     ax.set_title("test accuracy per version (orange: cleaned data)", fontsize=10)
 
 
 def k_of_n_panel(ax, errors: pd.DataFrame, n_versions: int) -> None:
     """How many test samples are wrong in k of the n versions, k = 1..n."""
     counts = errors.n_wrong.value_counts().reindex(range(1, n_versions + 1), fill_value=0)
-    bars = ax.bar(counts.index.astype(str), counts.to_numpy(), color=[BAD if k == n_versions else NEUTRAL for k in counts.index])
+    bars = ax.bar(counts.index, counts.to_numpy(), color=[BAD if k == n_versions else NEUTRAL for k in counts.index])
+    ax.set_xticks(counts.index)
     ax.bar_label(bars, padding=2, fontsize=8)
     ax.set_xlabel(f"wrong in k of {n_versions} versions")
     ax.set_ylabel("test samples")

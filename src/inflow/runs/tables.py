@@ -248,7 +248,8 @@ def top_influential(run: Run, manifest: pd.DataFrame, n: int) -> pd.Series:
     Ranked by appearances in the test samples' top-k lists, then ``|total influence|``, as in the
     report's influential-training table.
     """
-    table = influential_training(run.topk, sample_table(manifest, run.predictions)).head(n)
+    own = manifest[manifest.sample_id.isin(run.predictions.sample_id)]  # a cleaned version predicts its own training set
+    table = influential_training(run.topk, sample_table(own, run.predictions)).head(n)
     return pd.Series(np.arange(1, len(table) + 1), index=table.train_id.to_numpy())
 
 
