@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from inflow.core.errors import InflowError
-from inflow.runs.recommendations import recommendations
+from inflow.runs.recommendations import noise_and_cleaning, recommendations
 from inflow.runs.tables import (
     Run,
     accuracy_table,
@@ -205,3 +205,20 @@ def test_recurring_mislabel_candidates() -> None:
 def test_jaccard() -> None:
     overlap = jaccard({"a": pd.Series([1, 2], index=[0, 3]), "b": pd.Series([1, 2], index=[2, 3]), "c": pd.Series(dtype=float)})
     np.testing.assert_allclose(overlap.to_numpy(), [[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("cleaned", "expected"),
+    [
+        (0.90, "helps beyond run-to-run noise"),
+        (0.85, "within run-to-run noise"),
+        (0.81, "within run-to-run noise"),
+        (0.70, "hurts beyond noise"),
+    ],
+)
+def test_cleaning_recommendation_compares_the_gain_with_the_noise(cleaned: float, expected: str) -> None:
+    accuracy = pd.DataFrame(
+        {"version": ["main", "s1", "s2", "clean"], "test_accuracy": [0.80, 0.84, 0.82, cleaned], "cleaned": [False, False, False, True]}
+    )  # best uncleaned 0.84, std 0.02: noise band +-0.04
+    lines = noise_and_cleaning(summary_table(accuracy))
+    assert [line[0] for line in lines] == ["noise", "cleaning"] and expected in lines[1][1]

@@ -54,10 +54,10 @@ def noise_and_cleaning(summary: pd.DataFrame) -> list[tuple[str, str, str]]:
             text = f"{row.cleaned_version}: {gain}, but the noise is unknown; train more uncleaned seeds to judge the cleaning."
         elif row.beyond_noise:
             text = f"{row.cleaned_version}: cleaning helps beyond run-to-run noise ({gain}, {row.gain_in_std:.1f} std); keep the cleaned training set."
-        elif row.cleaning_gain > 0:
+        elif row.cleaning_gain >= -NOISE_STDS * row.uncleaned_std:
             text = f"{row.cleaned_version}: {gain} is within run-to-run noise ({row.gain_in_std:.1f} std); add seeds before concluding."
         else:
-            text = f"{row.cleaned_version}: cleaning does not help ({gain}); review the proposed fixes (results/clean/review.csv)."
+            text = f"{row.cleaned_version}: cleaning hurts beyond noise ({gain}); review the proposed fixes (results/clean/review.csv)."
         out.append(("cleaning", text, "summary.csv"))
     return out
 
@@ -80,7 +80,7 @@ def weakest_class(classes: pd.DataFrame, pairs: pd.DataFrame) -> list[tuple[str,
     top = classes.iloc[0] if len(classes) else None
     if top is not None and top.total > 0:
         text = (
-            f"Class {top['class']} has the most test errors ({top.mean_errors:.1f} per version of {top.n_test}), mostly predicted as "
+            f"Class {top['class']} has the most test errors ({top.mean_errors:.1f} per version, of {top.n_test} test images), mostly predicted as "
             f"{top.main_confusion}: add or review {top['class']} training images."
         )
         out.append(("class", text, "class_errors.csv"))
