@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from inflow.core.errors import InflowError
-from inflow.workflow.versions import seed_versions, version_errors
+from inflow.workflow.versions import OVERRIDE_SECTIONS, run_versions, seed_versions, version_config, version_errors
 
 _TYPE_WORDS = {
     "integer": "a whole number",
@@ -135,8 +135,6 @@ def train_errors(train: dict[str, Any]) -> list[str]:
 def version_schema_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
     """Each version's merged settings (:func:`inflow.workflow.versions.version_config`) checked like the main
     run's: the schema of ``seed``, ``train`` and ``model``, and :func:`train_errors`; lines start ``versions.<name>: ``."""
-    from inflow.workflow.versions import OVERRIDE_SECTIONS, run_versions, version_config
-
     lines = []
     for name, overrides in run_versions(config).items():
         if any(set(overrides[s]) - set(config[s]) for s in OVERRIDE_SECTIONS):
