@@ -173,3 +173,9 @@ def test_changing_one_version_reruns_only_that_version(versions_run: Path) -> No
     assert set(re.findall(r"wildcards: version=([\w.-]+)", out)) == {"cleaned"}  # nothing of main or seed_1
     same = dry_run_jobs(versions_run, f"{OUT}/accuracy.csv", configfiles=[write_config(versions_run.parent, VERSIONS)])
     assert same == {}, same  # unchanged settings rerun nothing
+
+
+def test_shipped_versions_config_plans_three_versions(tmp_path: Path) -> None:
+    """configs/versions.yaml over config.yaml: seed_1, seed_2 and cleaned, each one training, and one comparison."""
+    jobs = dry_run_jobs(tmp_path, f"{OUT}/accuracy.csv", configfiles=[REPO / "config.yaml", REPO / "configs/versions.yaml"])
+    assert jobs.get("run_train") == 3 and jobs.get("run_mislabel") == 3 and jobs.get("runs_comparison") == 1, jobs
