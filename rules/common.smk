@@ -2,13 +2,22 @@
 
 import json
 import os
+import re
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from inflow.workflow.config import canonical, resolved, resolved_preconditioner, schema_errors, semantic_errors
+from inflow.workflow.config import (
+    canonical,
+    resolved,
+    resolved_preconditioner,
+    schema_errors,
+    semantic_errors,
+    version_schema_errors,
+)
 from inflow.workflow.smk import lock_hint
+from inflow.workflow.versions import changes, run_versions, seed_versions, version_config
 
 # A second snakemake in this folder while one runs: Snakemake refuses it with its lock; say what to do.
 if workflow.is_main_process and (_hint := lock_hint(".")):
@@ -20,7 +29,8 @@ if workflow.is_main_process and (_hint := lock_hint(".")):
 _errors = schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
 if not _errors:
     validate(config, "../schemas/config.schema.yaml", set_default=True)
-    _errors = semantic_errors(config) if workflow.is_main_process else []
+    _errors = version_schema_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
+    _errors += semantic_errors(config) if workflow.is_main_process else []
 if _errors:
     raise WorkflowError("invalid config (config.yaml or --config/--configfile):\n  " + "\n  ".join(_errors))
 config.update(canonical(resolved(config)))  # null defaults resolved; key order in a config file never reruns anything
@@ -39,31 +49,56 @@ TILES = [f"{q}-{r}" for q in range(N_TEST_TILES) for r in range(N_TRAIN_TILES)]
 FACTOR_SPLITS = ["train", "test"]
 
 
+# Model versions (rules/runs.smk): the main run lives in results/, every version of `versions:` (and
+# every other seed of runs.seeds, as seed_<s>) in results/runs/<name>/: same prepared data, its own
+# training and influence, by the main run's rules with the version's settings merged in.
+MAIN_SEED = config["seed"]
+VERSIONS = run_versions(config)  # name -> overrides (note, seed, data, train, model)
+VERSION_CONFIGS = {name: version_config(config, overrides) for name, overrides in VERSIONS.items()}
+SEED_VERSIONS = seed_versions(config)  # the seed-only versions: name -> seed
+RUN_SEEDS = [MAIN_SEED, *SEED_VERSIONS.values()] if SEED_VERSIONS else []  # the runs of an ensemble (influence.ensemble, compare)
+RUN_ROOT = "results/runs/{version}"
+
+
 wildcard_constraints:
     ckpt=r"\d+",
     tile=r"\d+-\d+",
     split="train|test|fisher",
     run_seed=r"\d+",
     variant="influence|oracle|random",
-
-
-# Several training runs (rules/runs.smk): the main run (top-level seed) lives in results/, every
-# other seed of runs.seeds in results/runs/seed_<s>/ (same data, its own training and influence).
-MAIN_SEED = config["seed"]
-EXTRA_SEEDS = [seed for seed in config["runs"]["seeds"] if seed != MAIN_SEED]
-RUN_SEEDS = [MAIN_SEED, *EXTRA_SEEDS] if EXTRA_SEEDS else []
-RUN_ROOT = "results/runs/seed_{run_seed}"
+    version="|".join(re.escape(name) for name in VERSIONS) or "(?!)",
 
 
 def run_root(wildcards=None):
-    """The folder of the run a job belongs to: results/ (main run) or results/runs/seed_<s>/."""
-    seed = wildcards.get("run_seed") if wildcards is not None else None
-    return "results" if seed is None else RUN_ROOT.format(run_seed=seed)
+    """The folder of the run a job belongs to: results/ (main run) or results/runs/<version>/."""
+    version = wildcards.get("version") if wildcards is not None else None
+    return "results" if version is None else RUN_ROOT.format(version=version)
 
 
 def run_files(path):
-    """``path`` (relative to a run's folder) for every compared run, main run first."""
-    return [f"results/{path}"] + [f"{RUN_ROOT.format(run_seed=seed)}/{path}" for seed in EXTRA_SEEDS]
+    """``path`` (relative to a run's folder) for the main run and every version, main run first."""
+    return [f"results/{path}"] + [f"{RUN_ROOT.format(version=name)}/{path}" for name in VERSIONS]
+
+
+def for_version(setting):
+    """Param function: ``setting(merged config)`` of the job's version, so a version's params depend on its own settings only."""
+
+    def value(wildcards):
+        return setting(VERSION_CONFIGS[wildcards.version])
+
+    return value
+
+
+def version_manifest(wildcards):
+    """Input function: the training manifest of the job's version: the main one, or a cleaned one (versions.<name>.data)."""
+    data = VERSIONS[wildcards.version]["data"]
+    return "results/data/manifest.parquet" if data == "original" else f"results/{data}/manifest.parquet"
+
+
+def version_train_runtime(wildcards, attempt):
+    """Runtime (minutes) of a version's training job: its train.epochs x train.runtime_per_epoch, times the attempt."""
+    train = VERSION_CONFIGS[wildcards.version]["train"]
+    return round(train["epochs"] * train["runtime_per_epoch"]) * attempt
 
 
 def checkpoint_paths(ext, root="results"):
@@ -71,20 +106,20 @@ def checkpoint_paths(ext, root="results"):
     return expand(f"{root}/train/checkpoints/epoch_{{ckpt}}.{{ext}}", ckpt=CKPTS, ext=ext, allow_missing=True)
 
 
-# influence.ensemble: the main run's influence is the sum over every run of runs.seeds (TRAK's
-# ensembling), so its top-k, self-influence and LDS scores are those of the ensemble; the extra
-# runs' own results stay single-run.
-ENSEMBLE = config["influence"]["ensemble"] and bool(EXTRA_SEEDS)
+# influence.ensemble: the main run's influence is the sum over the main run and every seed-only
+# version (TRAK's ensembling), so its top-k, self-influence and LDS scores are those of the ensemble;
+# the versions' own results stay single-run.
+ENSEMBLE = config["influence"]["ensemble"] and bool(SEED_VERSIONS)
 
 
 def influence_roots(wildcards=None):
     """The run folders whose influence a job adds up: its own, or every run's for the main run of an ensemble."""
     root = run_root(wildcards)
-    return ["results"] + [RUN_ROOT.format(run_seed=s) for s in EXTRA_SEEDS] if ENSEMBLE and root == "results" else [root]
+    return ["results"] + [RUN_ROOT.format(version=name) for name in SEED_VERSIONS] if ENSEMBLE and root == "results" else [root]
 
 
 def ensemble_labels(wildcards=None):
-    """The runs of an ensemble job's inputs ("" for the main run, runs/seed_<s>), or None for a single run."""
+    """The runs of an ensemble job's inputs ("" for the main run, runs/<version>), or None for a single run."""
     roots = influence_roots(wildcards)
     return [root.removeprefix("results").strip("/") for root in roots] if len(roots) > 1 else None
 
@@ -194,24 +229,47 @@ def all_outputs():
 
 
 RUNS_COMPARISON = "results/runs/comparison"
-RUNS_COMPARISON_FILES = ["accuracy.csv", "persistent_errors.csv", "recurring_influential.csv", "recurring_mislabel.csv", "comparison.png"]
+RUNS_TABLES = [
+    "accuracy",
+    "summary",
+    "persistent_errors",
+    "confusion_pairs",
+    "class_errors",
+    "recurring_influential",
+    "recurring_mislabel",
+    "influence_stats",
+    "recommendations",
+]
 
 
 def runs_outputs():
-    """The cross-run comparison, when runs.seeds lists seeds besides the main one."""
-    if not EXTRA_SEEDS:
+    """The cross-version comparison, when versions (or runs.seeds) list versions besides the main run."""
+    if not VERSIONS:
         return []
-    return [f"{RUNS_COMPARISON}/{name}" for name in RUNS_COMPARISON_FILES]
+    return [f"{RUNS_COMPARISON}/{name}.{ext}" for name in RUNS_TABLES for ext in ("csv", "parquet")] + [f"{RUNS_COMPARISON}/comparison.png"]
 
 
 def comparison_report(name):
-    """A cross-run comparison file, in the report's runs category."""
+    """A cross-version comparison file, in the report's versions category."""
     return report(
         f"{RUNS_COMPARISON}/{name}",
         caption="../report/runs_comparison.rst",
-        category="8. Several training runs",
+        category="8. Model versions",
         labels={"item": name},
     )
+
+
+def version_info(key):
+    """Per version, main run first: ``key`` of its overrides (note, data) or of its merged settings (seed), for the comparison's params."""
+    if key == "seed":
+        return [MAIN_SEED] + [VERSION_CONFIGS[name]["seed"] for name in VERSIONS]
+    main = {"note": "the main run (config.yaml)", "data": "original"}[key]
+    return [main] + [VERSIONS[name][key] for name in VERSIONS]
+
+
+def version_changes():
+    """Per version, main run first: what it changes against the main run, as text."""
+    return [""] + [changes(config, VERSIONS[name]) for name in VERSIONS]
 
 
 # Cleaning stage (rules/clean.smk): the influence-guided set, and the references on the same
@@ -296,13 +354,13 @@ def inspection_pages(wildcards=None):
     return expand("results/report/inspection/train_{train_id}.png", train_id=ids)
 
 
-def loss_settings():
-    """The parts of the training config that define the per-sample loss (and so the factors).
+def loss_settings(cfg=config):
+    """The parts of the training config ``cfg`` (default: the main run's) that define the per-sample loss (and so the factors).
 
     Only these are factor params: editing epochs or learning rates reruns training, and the
     factors then rerun because the checkpoints changed, not because of a params change.
     """
-    return {key: config["train"][key] for key in ("class_weights", "label_smoothing")}
+    return {key: cfg["train"][key] for key in ("class_weights", "label_smoothing")}
 
 
 def replay_groups():
@@ -360,9 +418,20 @@ def scaled(base):
     return value
 
 
-def train_settings():
-    """The train section as a training job's params: without train.runtime_per_epoch (a resource, editing it reruns nothing)."""
-    return {key: value for key, value in config["train"].items() if key != "runtime_per_epoch"}
+def train_settings(cfg=config):
+    """The train section of ``cfg`` (default: the main run's) as a training job's params: without
+    train.runtime_per_epoch (a resource, editing it reruns nothing)."""
+    return {key: value for key, value in cfg["train"].items() if key != "runtime_per_epoch"}
+
+
+def model_settings(cfg):
+    """The model section of ``cfg`` (a version's merged config)."""
+    return cfg["model"]
+
+
+def seed_setting(cfg):
+    """The training seed of ``cfg`` (a version's merged config)."""
+    return cfg["seed"]
 
 
 def train_runtime(epochs=None):
@@ -464,13 +533,16 @@ def method_curvature_factors(wildcards):
 
 
 # The ensemble rows of the comparison: the main attribution (factors.method + influence.preconditioner)
-# of each run of runs.seeds on its own, added up over the first n runs (rule ensemble_lds).
+# of the main run and each seed-only version on its own, added up over the first n runs (rule ensemble_lds).
 MAIN_VARIANT = config["factors"]["method"] if PRECONDITIONER == "none" else f"{config['factors']['method']}+{PRECONDITIONER}"
 
 
 def seed_root(wildcards):
-    """The run folder of seed {run_seed}: results/ for the main run, else results/runs/seed_<s>/."""
-    return "results" if int(wildcards.run_seed) == MAIN_SEED else RUN_ROOT.format(run_seed=wildcards.run_seed)
+    """The run folder of seed {run_seed}: results/ for the main run, else that of the seed-only version with this seed."""
+    seed = int(wildcards.run_seed)
+    if seed == MAIN_SEED:
+        return "results"
+    return RUN_ROOT.format(version=next(name for name, s in SEED_VERSIONS.items() if s == seed))
 
 
 def single_run_factor_files(split, side):
@@ -479,12 +551,12 @@ def single_run_factor_files(split, side):
 
 
 def ensemble_files(name):
-    """Each run's own ``name`` (scores.parquet, self_influence.parquet) for the ensemble rows, runs.seeds order."""
+    """Each run's own ``name`` (scores.parquet, self_influence.parquet) for the ensemble rows: the main run, then the seed-only versions."""
     return [f"results/methods/ensemble/seed_{seed}/{name}" for seed in RUN_SEEDS]
 
 
 def ensemble_result():
-    """The ensemble table the comparison reads: none without other runs in runs.seeds."""
+    """The ensemble table the comparison reads: none without seed-only versions (runs.seeds)."""
     return ["results/methods/ensemble/ensemble.csv"] if RUN_SEEDS else []
 
 

@@ -1,58 +1,73 @@
-# Several training runs (config runs.seeds). Every seed besides the main one retrains the model on
-# the same preprocessed data and repeats train -> predict -> factors -> influence -> top-k ->
-# mislabel ranking under results/runs/seed_<s>/, reusing the core rules (same scripts, same
-# params but the seed); runs_comparison then compares every run with the main one.
+# Model versions (config versions, and runs.seeds as seed-only versions). Every version trains on the
+# same prepared data (its own training set for data: clean/<variant>) with its own settings and
+# repeats train -> predict -> factors -> influence -> top-k -> mislabel ranking under
+# results/runs/<version>/, reusing the core rules (same scripts; params from the version's merged
+# settings, rules/common.smk for_version); runs_comparison then compares every version with the main run.
 
 
 use rule train as run_train with:
+    input:
+        images="results/data/images.npy",
+        manifest=version_manifest,
     output:
         checkpoints=checkpoint_paths("pt", RUN_ROOT),
         sidecars=checkpoint_paths("json", RUN_ROOT),
         best=f"{RUN_ROOT}/train/best.pt",
         metrics=ensure(f"{RUN_ROOT}/train/metrics.parquet", non_empty=True),
     log:
-        "logs/runs/seed_{run_seed}/train.log",
+        "logs/runs/{version}/train.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/train.tsv"
+        "logs/benchmarks/runs/{version}/train.tsv"
+    resources:
+        mem_mb=scaled(8000),
+        runtime=version_train_runtime,
     params:
-        seed=lambda wildcards: int(wildcards.run_seed),
+        model=for_version(model_settings),
+        train=for_version(train_settings),
+        seed=for_version(seed_setting),
+        device=config["device"],
 
 
 use rule predict as run_predict with:
     input:
         images="results/data/images.npy",
-        manifest="results/data/manifest.parquet",
+        manifest=version_manifest,
         best=f"{RUN_ROOT}/train/best.pt",
     output:
         predictions=ensure(f"{RUN_ROOT}/predictions/predictions.parquet", non_empty=True),
         false_predictions=f"{RUN_ROOT}/predictions/false_predictions.csv",
     log:
-        "logs/runs/seed_{run_seed}/predict.log",
+        "logs/runs/{version}/predict.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/predict.tsv"
+        "logs/benchmarks/runs/{version}/predict.tsv"
 
 
 use rule factors as run_factors with:
     input:
         images="results/data/images.npy",
-        manifest="results/data/manifest.parquet",
+        manifest=version_manifest,
         checkpoint=f"{RUN_ROOT}/train/checkpoints/epoch_{{ckpt}}.pt",
         sidecar=f"{RUN_ROOT}/train/checkpoints/epoch_{{ckpt}}.json",
     output:
         ensure(f"{RUN_ROOT}/factors/epoch_{{ckpt}}/{{split}}.parquet", non_empty=True),
     log:
-        "logs/runs/seed_{run_seed}/factors/epoch_{ckpt}_{split}.log",
+        "logs/runs/{version}/factors/epoch_{ckpt}_{split}.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/factors/epoch_{ckpt}_{split}.tsv"
+        "logs/benchmarks/runs/{version}/factors/epoch_{ckpt}_{split}.tsv"
+    params:
+        loss=for_version(loss_settings),
+        include_bias=config["factors"]["include_bias"],
+        device=config["device"],
+        method=factor_settings(),
 
 
 use rule curvature as run_curvature with:
     output:
         ensure(f"{RUN_ROOT}/curvature/epoch_{{ckpt}}.npz", non_empty=True),
     log:
-        "logs/runs/seed_{run_seed}/curvature/epoch_{ckpt}.log",
+        "logs/runs/{version}/curvature/epoch_{ckpt}.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/curvature/epoch_{ckpt}.tsv"
+        "logs/benchmarks/runs/{version}/curvature/epoch_{ckpt}.tsv"
 
 
 use rule precondition as run_precondition with:
@@ -62,9 +77,9 @@ use rule precondition as run_precondition with:
     output:
         ensure(f"{RUN_ROOT}/curvature/epoch_{{ckpt}}/{{split}}_{{side}}.parquet", non_empty=True),
     log:
-        "logs/runs/seed_{run_seed}/precondition/epoch_{ckpt}_{split}_{side}.log",
+        "logs/runs/{version}/precondition/epoch_{ckpt}_{split}_{side}.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/precondition/epoch_{ckpt}_{split}_{side}.tsv"
+        "logs/benchmarks/runs/{version}/precondition/epoch_{ckpt}_{split}_{side}.tsv"
 
 
 if not FUSED:
@@ -76,9 +91,9 @@ if not FUSED:
         output:
             temp(f"{RUN_ROOT}/influence/shards/epoch_{{ckpt}}/tile_{{tile}}.npy"),
         log:
-            "logs/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.log",
+            "logs/runs/{version}/influence_shard/epoch_{ckpt}_tile_{tile}.log",
         benchmark:
-            "logs/benchmarks/runs/seed_{run_seed}/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
+            "logs/benchmarks/runs/{version}/influence_shard/epoch_{ckpt}_tile_{tile}.tsv"
 
 
 # The input functions of tile_topk, accumulate_topk and self_influence follow the run wildcard.
@@ -86,9 +101,9 @@ use rule tile_topk as run_tile_topk with:
     output:
         temp(f"{RUN_ROOT}/influence/tiles/tile_{{tile}}.npz"),
     log:
-        "logs/runs/seed_{run_seed}/tile_topk/tile_{tile}.log",
+        "logs/runs/{version}/tile_topk/tile_{tile}.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/tile_topk/tile_{tile}.tsv"
+        "logs/benchmarks/runs/{version}/tile_topk/tile_{tile}.tsv"
 
 
 use rule accumulate_topk as run_accumulate_topk with:
@@ -97,23 +112,23 @@ use rule accumulate_topk as run_accumulate_topk with:
         summary=ensure(f"{RUN_ROOT}/influence/test_summary.parquet", non_empty=True),
         train_summary=ensure(f"{RUN_ROOT}/influence/train_summary.parquet", non_empty=True),
     log:
-        "logs/runs/seed_{run_seed}/accumulate_topk.log",
+        "logs/runs/{version}/accumulate_topk.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/accumulate_topk.tsv"
+        "logs/benchmarks/runs/{version}/accumulate_topk.tsv"
 
 
 use rule self_influence as run_self_influence with:
     output:
         ensure(f"{RUN_ROOT}/influence/self_influence.parquet", non_empty=True),
     log:
-        "logs/runs/seed_{run_seed}/self_influence.log",
+        "logs/runs/{version}/self_influence.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/self_influence.tsv"
+        "logs/benchmarks/runs/{version}/self_influence.tsv"
 
 
 use rule mislabel as run_mislabel with:
     input:
-        manifest="results/data/manifest.parquet",
+        manifest=version_manifest,
         self_influence=f"{RUN_ROOT}/influence/self_influence.parquet",
         topk=f"{RUN_ROOT}/influence/topk.parquet",
         predictions=f"{RUN_ROOT}/predictions/predictions.parquet",
@@ -121,23 +136,23 @@ use rule mislabel as run_mislabel with:
         ranking=ensure(f"{RUN_ROOT}/mislabel/ranking.parquet", non_empty=True),
         metrics=f"{RUN_ROOT}/mislabel/mislabel_metrics.json",
     log:
-        "logs/runs/seed_{run_seed}/mislabel.log",
+        "logs/runs/{version}/mislabel.log",
     benchmark:
-        "logs/benchmarks/runs/seed_{run_seed}/mislabel.tsv"
+        "logs/benchmarks/runs/{version}/mislabel.tsv"
 
 
 rule runs_comparison:
     input:
         manifest="results/data/manifest.parquet",
+        images="results/data/images.npy",
+        training=run_files("train/metrics.parquet"),
         predictions=run_files("predictions/predictions.parquet"),
         topk=run_files("influence/topk.parquet"),
         rankings=run_files("mislabel/ranking.parquet"),
         metrics=run_files("mislabel/mislabel_metrics.json"),
     output:
-        accuracy=comparison_report("accuracy.csv"),
-        persistent=comparison_report("persistent_errors.csv"),
-        influential=comparison_report("recurring_influential.csv"),
-        mislabel=comparison_report("recurring_mislabel.csv"),
+        **{name: comparison_report(f"{name}.csv") for name in RUNS_TABLES},
+        **{f"{name}_parquet": f"{RUNS_COMPARISON}/{name}.parquet" for name in RUNS_TABLES},
         plot=comparison_report("comparison.png"),
     log:
         "logs/runs/comparison.log",
@@ -151,8 +166,14 @@ rule runs_comparison:
         mem_mb=scaled(2000),
         runtime=scaled(10),
     params:
-        seeds=RUN_SEEDS,
+        versions=["main", *VERSIONS],
+        seeds=version_info("seed"),
+        notes=version_info("note"),
+        data=version_info("data"),
+        changes=version_changes(),
         top_influential=config["runs"]["top_influential"],
         top_mislabel=config["runs"]["top_mislabel"],
+        grid_images=config["report"]["grid_images"],
+        grid_columns=config["report"]["grid_columns"],
     script:
         "../workflow_scripts/runs_comparison.py"

@@ -24,7 +24,7 @@ from inflow.data.prepare import prepare_data
 from inflow.tracin.factors import write_factors
 from inflow.tracin.influence import influence_shard
 from inflow.tracin.topk import accumulate_topk, tile_topk
-from inflow.workflow.config import schema_errors, semantic_errors
+from inflow.workflow.config import schema_errors, semantic_errors, version_schema_errors
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -85,7 +85,7 @@ def config_errors(over: dict) -> list[str]:
     if lines:
         return lines
     validate(cfg, SCHEMA, set_default=True)
-    return semantic_errors(cfg)
+    return version_schema_errors(cfg, SCHEMA) + semantic_errors(cfg)
 
 
 def synthetic_data(folder: Path, image_size: int, n_train: int, n_test: int, noise_rate: float, val_fraction: float) -> tuple[str, str]:

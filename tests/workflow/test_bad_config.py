@@ -153,6 +153,27 @@ BAD = {
         {"runs": {"seeds": [0]}},
         "runs.seeds: [0] lists only the main run's seed (0); add other seeds to compare runs, or leave it empty",
     ),
+    "version with an unknown train key": (
+        {"versions": {"v2": {"train": {"lr": 0.1}}}},
+        "versions.v2.train: ['lr'] are no keys of train: (see schemas/config.schema.yaml); remove or rename them",
+    ),
+    "version with a bad learning rate": ({"versions": {"v2": {"train": {"lr_head": -1}}}}, "versions.v2: train.lr_head: -1 is"),
+    "version with checkpoints past its epochs": (
+        {"versions": {"short": {"train": {"epochs": 2}}}},
+        "versions.short: train.checkpoint_epochs: [3] are beyond train.epochs=2",
+    ),
+    "version with an unknown key": ({"versions": {"v2": {"lr": 1}}}, "versions.v2: Additional properties are not allowed"),
+    "version that changes nothing": ({"versions": {"v2": {"note": "same"}}}, "versions.v2: changes nothing against the main run"),
+    "version named main": ({"versions": {"main": {"seed": 3}}}, "versions.main: 'main' is reserved"),
+    "version with a bad name": ({"versions": {"my version": {"seed": 3}}}, "versions.my version: a version name starts with a letter"),
+    "seed version twice": (
+        {"runs": {"seeds": [0, 1]}, "versions": {"again": {"seed": 1}}},
+        "versions.again: seed 1 is already the version seed_1; drop one of them",
+    ),
+    "oracle version without noise": (
+        {"dataset": {"noise_rate": 0}, "versions": {"c": {"data": "clean/oracle"}}},
+        "versions.c.data: clean/oracle needs known true labels",
+    ),
     "K-FAC on projected gradients": (
         {"influence": {"preconditioner": "kfac"}, "factors": {"method": "projection"}},
         "influence.preconditioner=kfac needs layer factors, not factors.method=projection; use gram, or factors.method last_layer / head_layers",

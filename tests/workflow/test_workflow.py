@@ -232,30 +232,31 @@ def test_two_seeds_train_one_more_run_and_compare(workdir: Path, two_runs: Path,
     run = two_runs
     out = run / "results/runs/comparison"
     accuracy = pd.read_csv(out / "accuracy.csv")
-    assert accuracy.run.tolist() == ["seed_0", "seed_1"] and accuracy.main.tolist() == [True, False]
+    assert accuracy.version.tolist() == ["main", "seed_1"] and accuracy.main.tolist() == [True, False]
     preds = {
         name: read_table(run / root / "predictions/predictions.parquet")
-        for name, root in (("seed_0", "results"), ("seed_1", "results/runs/seed_1"))
+        for name, root in (("main", "results"), ("seed_1", "results/runs/seed_1"))
     }
     tests = {name: p[p.split == "test"].set_index("sample_id") for name, p in preds.items()}
     for row in accuracy.itertuples():
-        assert row.test_accuracy == pytest.approx((tests[row.run].pred == tests[row.run].label).mean())
-    assert not np.allclose(tests["seed_0"].confidence, tests["seed_1"].confidence)  # another seed, another model
+        assert row.test_accuracy == pytest.approx((tests[row.version].pred == tests[row.version].label).mean())
+    assert not np.allclose(tests["main"].confidence, tests["seed_1"].confidence)  # another seed, another model
     wrong_in_both = sorted(
-        set(tests["seed_0"].index[tests["seed_0"].pred != tests["seed_0"].label])
+        set(tests["main"].index[tests["main"].pred != tests["main"].label])
         & set(tests["seed_1"].index[tests["seed_1"].pred != tests["seed_1"].label])
     )
-    assert sorted(pd.read_csv(out / "persistent_errors.csv").test_id) == wrong_in_both
-    n_candidates = round(0.1 * int((preds["seed_0"].split == "train").sum()))
+    persistent = pd.read_csv(out / "persistent_errors.csv")
+    assert sorted(persistent.test_id[persistent.persistent]) == wrong_in_both
+    n_candidates = round(0.1 * int((preds["main"].split == "train").sum()))
     tops = [
         set(read_table(run / root / "mislabel/ranking.parquet").sort_values("rank").sample_id[:n_candidates])
         for root in ("results", "results/runs/seed_1")
     ]
     recurring = pd.read_csv(out / "recurring_mislabel.csv")
-    assert set(recurring.sample_id[recurring.in_most_runs]) == tops[0] & tops[1]
+    assert set(recurring.sample_id[recurring.in_most_versions]) == tops[0] & tops[1]
     assert set(recurring.sample_id) == tops[0] | tops[1]
     influential = pd.read_csv(out / "recurring_influential.csv")
-    assert influential.n_runs.max() <= 2 and influential.groupby("n_runs").size().sum() <= 2 * 50
+    assert influential.n_versions.max() <= 2 and influential.groupby("n_versions").size().sum() <= 2 * 50
     assert (out / "comparison.png").stat().st_size > 0 and (run / "logs/runs/seed_1/train.log").stat().st_size > 0
 
 

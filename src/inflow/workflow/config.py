@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from inflow.core.errors import InflowError
+from inflow.workflow.versions import OVERRIDE_SECTIONS, run_versions, seed_versions, version_config, version_errors
 
 _TYPE_WORDS = {
     "integer": "a whole number",
@@ -113,14 +114,9 @@ def training_set_size(dataset: dict[str, Any]) -> tuple[int, int, int]:
     return sum(s["train"] for s in sizes), sum(s["test"] for s in sizes), len(counts)
 
 
-def semantic_errors(config: dict[str, Any]) -> list[str]:
-    """One line per problem, each naming the key and the fix; empty if the config is usable.
-
-    Needs a schema-valid config with defaults filled in. For an image folder this scans the
-    folder (file names only, no image is opened).
-    """
+def train_errors(train: dict[str, Any]) -> list[str]:
+    """Problems of the ``train`` section a schema cannot express (checkpoints past the last epoch, no epoch after warm-up, huge learning rates)."""
     errors = []
-    train, data, influence = config["train"], config["dataset"], config["influence"]
     late = sorted(e for e in train["checkpoint_epochs"] if e > train["epochs"])
     if late:
         errors.append(f"train.checkpoint_epochs: {late} are beyond train.epochs={train['epochs']}; remove them or raise train.epochs")
@@ -133,13 +129,41 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
             errors.append(
                 f"train.{key}={train[key]:g} is far too large for AdamW (training diverges to NaN); use a value <= 1, typically 1e-4 to 1e-2"
             )
+    return errors
+
+
+def version_schema_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
+    """Each version's merged settings (:func:`inflow.workflow.versions.version_config`) checked like the main
+    run's: the schema of ``seed``, ``train`` and ``model``, and :func:`train_errors`; lines start ``versions.<name>: ``."""
+    lines = []
+    for name, overrides in run_versions(config).items():
+        if any(set(overrides[s]) - set(config[s]) for s in OVERRIDE_SECTIONS):
+            continue  # unknown keys: reported by version_errors
+        merged = version_config(config, overrides)
+        own = [line for line in schema_errors(merged, schema_path) if line.split(".")[0].split(":")[0] in ("seed", *OVERRIDE_SECTIONS)]
+        if not own:
+            own = train_errors(merged["train"])
+        lines += [f"versions.{name}: {line}" for line in own]
+    return lines
+
+
+def semantic_errors(config: dict[str, Any]) -> list[str]:
+    """One line per problem, each naming the key and the fix; empty if the config is usable.
+
+    Needs a schema-valid config with defaults filled in. For an image folder this scans the
+    folder (file names only, no image is opened).
+    """
+    train, data, influence = config["train"], config["dataset"], config["influence"]
+    errors = train_errors(train)
     preconditioner, method = resolved_preconditioner(config), config["factors"]["method"]
     if preconditioner in ("kfac", "ekfac") and method in ("projection", "all_layers"):
         errors.append(
             f"influence.preconditioner={preconditioner} needs layer factors, not factors.method={method}; use gram, or factors.method last_layer / head_layers"
         )
-    if influence["ensemble"] and not [s for s in config["runs"]["seeds"] if s != config["seed"]]:
-        errors.append("influence.ensemble: true needs other runs to add up; list their seeds in runs.seeds (e.g. [0, 1, 2, 3, 4])")
+    if influence["ensemble"] and not seed_versions(config):
+        errors.append(
+            "influence.ensemble: true needs other runs to add up; list their seeds in runs.seeds (e.g. [0, 1, 2, 3, 4]) or add seed-only versions"
+        )
     if preconditioner == "gram" and method not in ("projection", "all_layers"):
         errors.append(
             f"influence.preconditioner=gram preconditions projected gradients, not factors.method={method}; use kfac or ekfac, or factors.method: projection"
@@ -219,6 +243,7 @@ def semantic_errors(config: dict[str, Any]) -> list[str]:
         errors.append(
             f"runs.seeds: {seeds} lists only the main run's seed ({config['seed']}); add other seeds to compare runs, or leave it empty"
         )
+    errors += version_errors(config)
     if config["compare"]["cleanlab_folds"] == 1:
         errors.append("compare.cleanlab_folds=1 leaves no other fold to train on; use 2 or more (5 is usual), or 0 for no cleanlab row")
     weights = config["model"]["pretrained_weights"]
