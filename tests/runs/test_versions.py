@@ -27,7 +27,7 @@ VERSIONS = {
 NAMES = ["main", "seed_1", "cleaned"]
 ROOTS = {"main": "results", "seed_1": "results/runs/seed_1", "cleaned": "results/runs/cleaned"}
 OUT = "results/runs/comparison"
-CORE = {"run_train", "run_predict", "run_factors", "run_curvature", "run_precondition", "run_influence_shard"}
+CORE = {"run_train", "run_predict", "run_factors", "run_curvature", "run_precondition"}  # influence.mode fused: no shards
 CORE |= {"run_tile_topk", "run_accumulate_topk", "run_self_influence", "run_mislabel"}
 
 
