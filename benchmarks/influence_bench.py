@@ -96,22 +96,21 @@ def worker(args: argparse.Namespace) -> None:
                 precondition_factors(str(wd / f"epoch_{c}/{split}.parquet"), curvature, side, str(out))
     elif args.stage == "influence" and args.mode == "fused":  # influence.mode fused: one tile_topk job per tile, no shards
         times.update(influence_shards=0.0, topk_accumulation=0.0)
-        for q in range(q_tiles):
-            for r in range(r_tiles):
-                tile = f"{q}-{r}"
-                t0 = time.perf_counter()
-                inputs = [influence_inputs(wd, c, args.preconditioner) for c in ckpts]
-                fused_tile_topk(
-                    [i["test"] for i in inputs],
-                    [i["train"] for i in inputs],
-                    tile,
-                    q_tiles,
-                    r_tiles,
-                    args.top_k,
-                    str(wd / f"tiles/tile_{tile}.npz"),
-                    args.memory_mb,
-                )
-                times["topk_accumulation"] += time.perf_counter() - t0  # products, sums and top-k in one pass
+        for q, r in [(q, r) for q in range(q_tiles) for r in range(r_tiles)][: args.max_tiles]:
+            tile = f"{q}-{r}"
+            t0 = time.perf_counter()
+            inputs = [influence_inputs(wd, c, args.preconditioner) for c in ckpts]
+            fused_tile_topk(
+                [i["test"] for i in inputs],
+                [i["train"] for i in inputs],
+                tile,
+                q_tiles,
+                r_tiles,
+                args.top_k,
+                str(wd / f"tiles/tile_{tile}.npz"),
+                args.memory_mb,
+            )
+            times["topk_accumulation"] += time.perf_counter() - t0  # products, sums and top-k in one pass
     elif args.stage == "influence":
         # Tile by tile, as the DAG consumes temp() shards: every checkpoint's shard of a tile, then
         # its top-k, then the shards are deleted. Disk use stays at one tile's shards.
@@ -269,6 +268,12 @@ def main() -> None:
     p.add_argument(
         "--skip", nargs="*", choices=STAGES, default=[], help="stages not run (factor_loading reads every file whole: skip it at 100x)"
     )
+    p.add_argument(
+        "--max-tiles", type=int, default=None, help="time only the first N tiles of the influence stage (one job's peak RSS at scale)"
+    )
+    p.add_argument(
+        "--reuse", action="store_true", help="reuse the factor files already in --workdir (same shape) instead of generating them"
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--stage", choices=STAGES, default=None, help=argparse.SUPPRESS)
@@ -284,13 +289,19 @@ def main() -> None:
         f"tiles={args.test_tiles}x{args.train_tiles} memory_mb={args.memory_mb} threads={args.threads} torch={torch.__version__}"
     )
     t = time.perf_counter()
-    paths = make_factors(wd, args.n_train, args.n_test, args.n_ckpt, d_a, args.d_out)
-    print(f"generated factors in {time.perf_counter() - t:.1f}s (not counted)")
+    if args.reuse:
+        paths = {(c, split): str(wd / f"epoch_{c}" / f"{split}.parquet") for c in range(args.n_ckpt) for split in ("train", "test")}
+        print("reusing the factor files in", wd)
+    else:
+        paths = make_factors(wd, args.n_train, args.n_test, args.n_ckpt, d_a, args.d_out)
+        print(f"generated factors in {time.perf_counter() - t:.1f}s (not counted)")
 
     base = [sys.executable, __file__, "--worker", "--workdir", str(wd)] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "workdir", "compare", "stage", "skip")
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("worker", "workdir", "compare", "stage", "skip", "reuse") and v is not None
     ]
-    times, rss, cpu = {}, {}, {}
+    times, rss, cpu, tile_bytes = {}, {}, {}, 0
     for stage in STAGES:
         if (stage == "curvature" and args.preconditioner == "none") or stage in args.skip:
             continue
@@ -301,10 +312,13 @@ def main() -> None:
         cpu[stage] = res["cpu_s"]
         if stage == "influence":  # what the tile jobs leave on disk: their top-k and sums (temp() in the workflow)
             tile_bytes = sum(f.stat().st_size for f in (wd / "tiles").glob("*.npz"))
-    times["topk_accumulation"] += times.pop("accumulate")
+    times["topk_accumulation"] += times.pop("accumulate", 0.0)  # skipped with --max-tiles (it needs every tile)
     products_only = times.pop("products_only", None)  # fused: products are not timed apart from the top-k
     total = sum(times.values())
     pairs = args.n_train * args.n_test * args.n_ckpt
+    if args.max_tiles is not None:  # only that many of the (equal) tiles ran
+        pairs = pairs * min(args.max_tiles, args.test_tiles * args.train_tiles) // (args.test_tiles * args.train_tiles)
+        print(f"--max-tiles {args.max_tiles}: figures below are for those tiles only")
     flops = 2.0 * pairs * (d_a * args.d_out if args.preconditioner == "ekfac" else d_a + args.d_out)  # ekfac: one flattened GEMM
     n_q, n_r = -(-args.n_test // args.test_tiles), -(-args.n_train // args.train_tiles)
     roof = matmul_roofline(n_q, n_r, d_a * args.d_out if args.preconditioner == "ekfac" else d_a, args.threads)
