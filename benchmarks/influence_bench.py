@@ -163,7 +163,17 @@ def worker(args: argparse.Namespace) -> None:
     if not times:
         times[args.stage] = time.perf_counter() - t
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"times": times, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
+    print(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb(usage), "cpu_s": usage.ru_utime + usage.ru_stime}))
+
+
+def peak_rss_mb(usage: resource.struct_rusage) -> float:
+    """This process's peak RSS: VmHWM of its own address space (Linux). ``ru_maxrss`` would also
+    count the parent's high-water mark at the fork (the parent holds the generated factors)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return usage.ru_maxrss / 1024
 
 
 STAGES = ("factor_loading", "curvature", "influence", "accumulate", "self_influence")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -124,7 +125,24 @@ def _node() -> str:
 
 
 def _set_node(state: str) -> None:
-    subprocess.run(["scontrol", "update", f"NodeName={_node()}", f"State={state}", "Reason=inflow-test"], check=True)
+    """``scontrol update State=...`` of the one node; RESUME is a no-op once the node is back by itself."""
+    proc = subprocess.run(
+        ["scontrol", "update", f"NodeName={_node()}", f"State={state}", "Reason=inflow-test"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 or state == "RESUME", proc.stderr
+
+
+def _kill_job_processes(job_ids: list[str]) -> None:
+    """SIGKILL every process of these SLURM jobs, as losing their node would. On this localhost node
+    (proctrack/linuxproc) SLURM marks the jobs NODE_FAIL but leaves their processes running."""
+    wanted = {f"SLURM_JOB_ID={job}".encode() for job in job_ids}
+    for proc in Path("/proc").iterdir():
+        try:
+            env = set((proc / "environ").read_bytes().split(b"\0"))
+            if proc.name.isdigit() and wanted & env:
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 @pytest.mark.parametrize("fault", ["scancel", "node_lost"])
@@ -163,6 +181,7 @@ def test_a_tile_job_cancelled_or_on_a_lost_node_is_retried_to_the_undisturbed_re
                 subprocess.run(["scancel", hit], check=True)
             else:
                 _set_node("DOWN")
+                _kill_job_processes(re.findall(r"submitted with SLURM jobid (\d+)", log.read_text()))  # this run's jobs only
                 time.sleep(3)
                 _set_node("RESUME")
             assert run.wait(timeout=1200) == 0, log.read_text()[-3000:]
