@@ -16,6 +16,7 @@ from inflow.workflow.config import (
     semantic_errors,
     version_schema_errors,
 )
+from inflow.runs import TABLES as RUNS_TABLES  # the cross-version tables, each as CSV and Parquet
 from inflow.workflow.smk import lock_hint
 from inflow.workflow.versions import changes, run_versions, seed_versions, version_config
 
@@ -229,17 +230,6 @@ def all_outputs():
 
 
 RUNS_COMPARISON = "results/runs/comparison"
-RUNS_TABLES = [
-    "accuracy",
-    "summary",
-    "persistent_errors",
-    "confusion_pairs",
-    "class_errors",
-    "recurring_influential",
-    "recurring_mislabel",
-    "influence_stats",
-    "recommendations",
-]
 
 
 def runs_outputs():
@@ -322,8 +312,9 @@ REPORT_OUTPUTS = [
 def checkpoint_json(checkpoint):
     """A checkpoint rule's JSON output; a damaged one (a copy cut short) stops the run in one line."""
     path = checkpoint.get().output[0]
-    try:
-        return json.loads(open(path).read())
+    try:  # inflow.core.io.read_json says the same, but importing it would load pandas at every start-up
+        with open(path) as fh:
+            return json.load(fh)
     except json.JSONDecodeError as exc:
         raise WorkflowError(f"{path}: not valid JSON ({exc.msg}); delete it and rerun") from None
 

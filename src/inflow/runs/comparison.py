@@ -19,6 +19,7 @@ import pandas as pd
 from inflow.core.errors import InflowError
 from inflow.core.io import read_json, read_table, write_table
 from inflow.mislabel.ranking import budget_count
+from inflow.runs import TABLES
 from inflow.runs.figure import plot_versions
 from inflow.runs.recommendations import recommendations
 from inflow.runs.tables import (
@@ -36,18 +37,6 @@ from inflow.runs.tables import (
 )
 
 log = logging.getLogger(__name__)
-
-TABLES = (
-    "accuracy",
-    "summary",
-    "persistent_errors",
-    "confusion_pairs",
-    "class_errors",
-    "recurring_influential",
-    "recurring_mislabel",
-    "influence_stats",
-    "recommendations",
-)
 
 
 def trained_at(path: str) -> str:
