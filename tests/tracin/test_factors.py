@@ -44,7 +44,7 @@ def test_ghost_dot_product_equals_autograd_gradient_dot_product(include_bias: bo
     torch.testing.assert_close(ghost, reference, rtol=1e-5, atol=1e-6 * reference.abs().max().item())
 
 
-def test_factor_parquet_round_trip_is_exact_and_zero_copy(tmp_path) -> None:
+def test_factor_parquet_round_trip_is_exact(tmp_path) -> None:
     rng = np.random.default_rng(1)
     a = rng.normal(size=(7, 5)).astype(np.float32)
     e = rng.normal(size=(7, 3)).astype(np.float32)
@@ -56,7 +56,6 @@ def test_factor_parquet_round_trip_is_exact_and_zero_copy(tmp_path) -> None:
     np.testing.assert_array_equal(a2, a)
     np.testing.assert_array_equal(e2, e)
     assert meta == {"epoch": 2, "tracin_lr": 0.1}
-    assert not a2.flags.writeable  # a view of the Arrow buffer, not a copy
 
 
 @pytest.mark.parametrize("rows", [(0, 23), (3, 20), (5, 10), (22, 23), (7, 7)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import dense_tracin, run_tiled
@@ -10,7 +11,7 @@ from conftest import dense_tracin, run_tiled
 from inflow.core.io import read_table
 from inflow.tracin.influence import tile_bounds
 from inflow.tracin.self_influence import self_influence
-from inflow.tracin.topk import fused_tile_topk, load_tile, merge_topk, row_topk
+from inflow.tracin.topk import fused_tile_topk, load_tile, merge_topk, row_topk, topk_table
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,27 @@ def test_merge_topk_handles_uneven_tiles() -> None:
     assert v.tolist() == [[9.0, 5.0, 4.0]] and i.tolist() == [[30, 10, 20]]
     v, i = merge_topk(vals, ids, k=2, largest=False)
     assert v.tolist() == [[1.0, 3.0]] and i.tolist() == [[11, 31]]
+
+
+def test_topk_table_is_the_long_table_sorted_by_test_id_kind_rank() -> None:
+    """Built in order without a sort, it equals the long table pandas would sort (test ids not in file order)."""
+    rng = np.random.default_rng(0)
+    test_ids = rng.permutation(np.arange(100, 130))
+    merged = {kind: (torch.randn(30, 4), torch.from_numpy(rng.integers(0, 1000, (30, 4)))) for kind in ("proponent", "opponent")}
+    long = pd.concat(
+        pd.DataFrame(
+            {
+                "test_id": np.repeat(test_ids, 4),
+                "kind": kind,
+                "rank": np.tile(np.arange(1, 5), 30),
+                "train_id": ids.numpy().ravel(),
+                "influence": vals.numpy().ravel(),
+            }
+        )
+        for kind, (vals, ids) in merged.items()
+    )
+    expected = long.sort_values(["test_id", "kind", "rank"], kind="stable", ignore_index=True)
+    pd.testing.assert_frame_equal(topk_table(test_ids, merged), expected)
 
 
 def test_row_topk_clamps_k_to_width() -> None:

@@ -300,7 +300,9 @@ def write_factor_blocks(path: str, sample_ids: np.ndarray, blocks: list[Block], 
         columns[a_name], columns[e_name] = _fixed_list(a), _fixed_list(e)
     table = pa.table(columns).replace_schema_metadata({b"inflow": json.dumps(metadata).encode()})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+        # Plain encoding, no compression: gradients do not compress (snappy saved 0.4%) and the
+        # dictionary attempt slowed reads 5-40x once torch was loaded (benchmarks/influence_bench.py).
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression="none", use_dictionary=False)
 
 
 def write_factors(path: str, sample_ids: np.ndarray, a: np.ndarray, e: np.ndarray, metadata: dict[str, Any]) -> None:
@@ -308,10 +310,11 @@ def write_factors(path: str, sample_ids: np.ndarray, a: np.ndarray, e: np.ndarra
     write_factor_blocks(path, sample_ids, [(a, e)], metadata)
 
 
-ROW_GROUP_SIZE = 8192  # rows per Parquet row group: the granularity of partial reads
+ROW_GROUP_SIZE = 2048  # rows per Parquet row group: the granularity of partial reads (2.2 MB at 267 floats)
 
 
 def _fixed_list_to_numpy(column: pa.ChunkedArray, path: str, name: str) -> np.ndarray:
+    """A fixed-size-list float32 column as ``(rows, width)``: a view of the Arrow buffer when it is one chunk."""
     arr = column.combine_chunks()
     if not pa.types.is_fixed_size_list(arr.type) or not pa.types.is_float32(arr.type.value_type):
         raise InflowError(f"{path}: column {name!r} is {arr.type}, expected fixed_size_list<float32>; regenerate the factors")
@@ -475,30 +478,42 @@ def read_factor_blocks(path: str, rows: tuple[int, int] | None = None) -> tuple[
     """Read a factor file: ``(sample_ids (n,), blocks [(a (n, d_a), e (n, d_out)), ...], metadata)``.
 
     ``rows=(start, stop)`` reads only the row groups that hold those rows, so a tile's job reads
-    and holds its tile, not the whole split. ``a`` and ``e`` are read-only views of the Arrow
-    buffers (no copy) when the rows lie in one contiguous read. Raises :class:`InflowError`
-    naming the sample ids if any factor is NaN or Inf, and if ``rows`` lie outside the file.
+    and holds its tile, not the whole split. The file is read one row group at a time into
+    arrays of exactly ``n`` rows, so the job's memory is the factors it asked for plus one row
+    group, not a decoded copy of every group it touched. Raises :class:`InflowError` naming the
+    sample ids if any factor is NaN or Inf, and if ``rows`` lie outside the file.
     """
     meta = read_factor_meta(path)
     pf = _open_factor_file(path)
-    if rows is None:
-        table, first = pf.read(), 0
-    else:
-        start, stop = rows
-        if not 0 <= start <= stop <= pf.metadata.num_rows:
-            raise InflowError(
-                f"{path}: rows {start}:{stop} asked for but the file has {pf.metadata.num_rows}; the factor files do not match, rerun the factors rule"
-            )
-        bounds = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        groups = [g for g in range(pf.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
-        first = int(bounds[groups[0]]) if groups else 0
-        table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
-        table = table.slice(start - first, stop - start)
-    ids = table.column("sample_id").to_numpy()
-    blocks = [
-        (_fixed_list_to_numpy(table.column(a), path, a), _fixed_list_to_numpy(table.column(e), path, e))
-        for a, e in block_columns(_count_blocks(path, table.column_names))
-    ]
+    n_rows = pf.metadata.num_rows
+    start, stop = (0, n_rows) if rows is None else rows
+    if not 0 <= start <= stop <= n_rows:
+        raise InflowError(
+            f"{path}: rows {start}:{stop} asked for but the file has {n_rows}; the factor files do not match, rerun the factors rule"
+        )
+    names = block_columns(_count_blocks(path, pf.schema_arrow.names))
+    ids = np.empty(stop - start, np.int64)
+    out: dict[str, np.ndarray] = {}
+    bounds = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    for g in range(pf.num_row_groups):
+        lo, hi = max(start, int(bounds[g])), min(stop, int(bounds[g + 1]))
+        if lo >= hi:
+            continue
+        # One thread: Arrow's thread pool made these reads several times slower on a 2-core machine
+        # (benchmarks/influence_bench.py), and decoding a few float columns gains little from threads.
+        table = pf.read_row_group(g, use_threads=False).slice(lo - int(bounds[g]), hi - lo)
+        rows_out = slice(lo - start, hi - start)
+        ids[rows_out] = table.column("sample_id").to_numpy()
+        for name in (name for pair in names for name in pair):
+            part = _fixed_list_to_numpy(table.column(name), path, name)
+            if name not in out:
+                out[name] = np.empty((stop - start, part.shape[1]), np.float32)
+            out[name][rows_out] = part
+    for name in (name for pair in names for name in pair):  # no rows asked for: empty arrays of the file's widths
+        if name not in out:
+            field = pf.schema_arrow.field(name).type
+            out[name] = np.empty((0, getattr(field, "list_size", 0)), np.float32)
+    blocks = [(out[a], out[e]) for a, e in names]
     check_finite(path, ids, blocks)
     return ids, blocks, meta
 

@@ -98,7 +98,9 @@ def block_tensors(
     return [(as_tensor(a[rows]).to(device), as_tensor(e[rows]).to(device)) for a, e in blocks]
 
 
-MAX_CHUNK_ROWS = 1024  # larger chunks are no faster (GEMM is efficient from ~500 rows) and cost memory
+# Larger chunks are no faster (a (256, 13000, 257) GEMM runs at the roofline on 2 cores) and cost
+# memory: at the seeds' scale 256 rows x 13,000 columns is 13 MB per buffer.
+MAX_CHUNK_ROWS = 256
 
 
 def rows_per_chunk(n_cols: int, memory_mb: float, buffers: int = 2) -> int:
@@ -111,10 +113,10 @@ def product_rows(n_cols: int, memory_mb: float, n_blocks: int) -> int:
 
     A GEMM's rounding can depend on its row count, so both paths cut rows alike to give the same
     float32 products bit for bit. The budget counts the fused path's float32 ``(rows, n_cols)``
-    buffers: the product, the e-product, the running total and ``reduce_tile``'s positive part
-    (4), plus a second work buffer with several factor blocks (5).
+    buffers: the running total, the product and the e-product (which then hold ``reduce_tile``'s
+    positive part and sign mask) (3), plus a second work buffer with several factor blocks (4).
     """
-    return rows_per_chunk(n_cols, memory_mb, buffers=4 if n_blocks == 1 else 5)
+    return rows_per_chunk(n_cols, memory_mb, buffers=3 if n_blocks == 1 else 4)
 
 
 def tile_bounds(n: int, n_tiles: int, index: int) -> tuple[int, int]:

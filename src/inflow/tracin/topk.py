@@ -20,7 +20,7 @@ from torch import Tensor
 from inflow.core.errors import InflowError
 from inflow.core.io import NpyRowReader, atomic_path, write_table
 from inflow.model.architectures import resolve_device
-from inflow.tracin.factors import check_same_samples, read_factor_ids, read_factor_meta
+from inflow.tracin.factors import as_tensor, check_same_samples, read_factor_ids, read_factor_meta
 from inflow.tracin.influence import (
     block_tensors,
     checked_tile,
@@ -48,9 +48,12 @@ def open_shards(shard_paths: list[str]) -> list[NpyRowReader]:
     return shards
 
 
-def sum_rows(shards: list[NpyRowReader], start: int, stop: int, buffer: np.ndarray) -> Tensor:
-    """Rows ``start:stop`` of the sum of ``shards`` in list (checkpoint) order, ``(stop-start, n_train_tile)`` float32."""
-    total = torch.from_numpy(shards[0].read(start, stop))
+def sum_rows(shards: list[NpyRowReader], start: int, stop: int, total: np.ndarray, buffer: np.ndarray) -> Tensor:
+    """Rows ``start:stop`` of the sum of ``shards`` in list (checkpoint) order, ``(stop-start, n_train_tile)`` float32.
+
+    ``total`` and ``buffer`` are reused ``(rows, n_train_tile)`` float32 arrays; the result is a view of ``total``.
+    """
+    total = torch.from_numpy(shards[0].read(start, stop, out=total))
     for shard in shards[1:]:
         total += torch.from_numpy(shard.read(start, stop, out=buffer))
     return total
@@ -125,20 +128,33 @@ def tile_topk(
     r0, r1 = tile_bounds(len(train_ids), n_train_tiles, r)
     shards = open_shards(shard_paths)
     n_rows, n_cols = shards[0].shape
-    chunk = rows_per_chunk(n_cols, memory_mb, buffers=3)
-    buffer = np.empty((min(chunk, n_rows), n_cols), np.float32)
+    chunk = rows_per_chunk(n_cols, memory_mb, buffers=4)  # the sum, a shard's rows, reduce_tile's two buffers
+    total, buffer = (np.empty((min(chunk, n_rows), n_cols), np.float32) for _ in range(2))
+    device = resolve_device(device_name)
+    # On the CPU a shard's read buffer is free once summed: it holds reduce_tile's positive part.
+    scratch = (torch.from_numpy(buffer), torch.empty(len(buffer), n_cols)) if device.type == "cpu" else None
     if n_cols != r1 - r0:
         raise InflowError(
             f"{shard_paths[0]}: shard has {n_cols} train columns but tile {tile} of {train_factors} has {r1 - r0}; rerun the influence shards"
         )
-    chunks = (sum_rows(shards, start, min(start + chunk, n_rows), buffer) for start in range(0, n_rows, chunk))
-    arrays = reduce_tile(chunks, train_ids[r0:r1], k, resolve_device(device_name), tile)
+    chunks = (sum_rows(shards, start, min(start + chunk, n_rows), total, buffer) for start in range(0, n_rows, chunk))
+    arrays = reduce_tile(chunks, train_ids[r0:r1], k, device, tile, scratch=scratch)
     for shard in shards:
         shard.close()
     save_tile(arrays, out_path)
 
 
-def reduce_tile(chunks: Iterable[Tensor], train_ids: np.ndarray, k: int, device: torch.device, tile: str) -> dict[str, np.ndarray]:
+MAX_EXACT_COUNT = 2**24  # float32 holds every integer up to here: the widest tile whose positive counts are exact
+
+
+def reduce_tile(
+    chunks: Iterable[Tensor],
+    train_ids: np.ndarray,
+    k: int,
+    device: torch.device,
+    tile: str,
+    scratch: tuple[Tensor, Tensor] | None = None,
+) -> dict[str, np.ndarray]:
     """Row top-k, row sums and column sums of a tile's total influence, given as row chunks.
 
     ``chunks`` yields consecutive ``(rows, n_train_tile)`` float32 blocks of the tile's influence
@@ -147,45 +163,52 @@ def reduce_tile(chunks: Iterable[Tensor], train_ids: np.ndarray, k: int, device:
     per test row the ``k`` strongest proponents and opponents (train ids) with their influence,
     the sums of its positive and negative influences and the count of positive ones; per train
     column the same sums over the tile's test rows.
+
+    The sums are matrix-vector products with a vector of ones (``I 1`` and ``I^T 1``, float32
+    accumulation inside the BLAS, one pass over memory each) of the chunk ``I``, its positive part
+    ``max(I, 0)`` and its sign mask ``[I > 0]``, written into two ``(rows, n_train_tile)`` float32
+    buffers reused by every chunk (``scratch`` when the caller has two free, else allocated once);
+    the column sums are carried across chunks in float64. Counts are exact (integers below 2^24).
     """
-    ids = torch.from_numpy(train_ids)
-    parts: dict[str, list[np.ndarray]] = {}
+    ids = as_tensor(train_ids)
     n_cols = len(train_ids)
-    col_pos = torch.zeros(n_cols, dtype=torch.float64, device=device)
-    col_net = torch.zeros(n_cols, dtype=torch.float64, device=device)
-    col_npos = torch.zeros(n_cols, dtype=torch.int64, device=device)
+    if n_cols > MAX_EXACT_COUNT:
+        raise InflowError(f"tile {tile}: {n_cols} train samples in one tile (at most {MAX_EXACT_COUNT}); raise influence.train_tiles")
+    parts: dict[str, list[np.ndarray]] = {}
+    cols = {name: torch.zeros(n_cols, dtype=torch.float64, device=device) for name in ("net", "positive", "n_positive")}
+    ones = torch.ones(n_cols, device=device)
+    positive_part, is_positive = scratch if scratch is not None else (torch.empty(0, n_cols, device=device),) * 2
     start = 0
     for block in chunks:
         total = block.to(device)
-        # Each pass over the chunk is shared: the positive part, the sign mask and the float64 row
-        # sums serve rows and columns. A float64 sum of float32 entries cannot overflow, so a row
-        # whose net sum is not finite is exactly a row with an Inf/NaN entry (no separate check).
-        net = total.sum(1, dtype=torch.float64)
-        if not torch.isfinite(net).all():
+        n = len(total)
+        if len(positive_part) < n:  # first chunk (the largest): the buffers every chunk reuses
+            positive_part, is_positive = torch.empty_like(total), torch.empty_like(total)
+        pos, mask = torch.clamp(total, min=0, out=positive_part[:n]), torch.gt(total, 0, out=is_positive[:n])
+        net = torch.mv(total, ones)
+        if not torch.isfinite(net).all():  # a row with an Inf/NaN entry, or finite entries whose sum overflows
             rows = (start + torch.nonzero(~torch.isfinite(net)).flatten()[:10]).tolist()
             raise InflowError(
                 f"tile {tile}: influence overflows float32 (Inf/NaN) in rows {rows} of the tile's test samples; "
                 "the factors are finite but huge, check train.lr_head and the checkpoints, rerun train"
             )
-        start += len(total)
-        for kind, (vals, cols) in row_topk(total, k).items():
+        start += n
+        for kind, (vals, idx) in row_topk(total, k).items():
             parts.setdefault(f"{kind}_values", []).append(vals.cpu().numpy())
-            parts.setdefault(f"{kind}_ids", []).append(ids[cols.cpu()].numpy())
-        positive_part, is_positive = total.clamp(min=0), total > 0
-        positive = positive_part.sum(1, dtype=torch.float64)
-        parts.setdefault("positive_sum", []).append(positive.cpu().numpy())
-        parts.setdefault("negative_sum", []).append((net - positive).cpu().numpy())
-        parts.setdefault("n_positive", []).append(is_positive.sum(1).cpu().numpy())
-        col_pos += positive_part.sum(0, dtype=torch.float64)
-        col_net += total.sum(0, dtype=torch.float64)
-        col_npos += is_positive.sum(0)
-        del positive_part, is_positive
+            parts.setdefault(f"{kind}_ids", []).append(ids[idx.cpu()].numpy())
+        positive = torch.mv(pos, ones)
+        parts.setdefault("positive_sum", []).append(positive.double().cpu().numpy())
+        parts.setdefault("negative_sum", []).append((net.double() - positive.double()).cpu().numpy())
+        parts.setdefault("n_positive", []).append(torch.mv(mask, ones).long().cpu().numpy())
+        row_ones = ones[:n] if n <= n_cols else torch.ones(n, device=device)
+        for name, matrix in (("net", total), ("positive", pos), ("n_positive", mask)):
+            cols[name] += torch.mv(matrix.T, row_ones)
     arrays = {name: np.concatenate(p) for name, p in parts.items()}
     arrays.update(
         train_ids=ids.numpy(),
-        train_positive_sum=col_pos.cpu().numpy(),
-        train_negative_sum=(col_net - col_pos).cpu().numpy(),
-        train_n_positive=col_npos.cpu().numpy(),
+        train_positive_sum=cols["positive"].cpu().numpy(),
+        train_negative_sum=(cols["net"] - cols["positive"]).cpu().numpy(),
+        train_n_positive=cols["n_positive"].long().cpu().numpy(),
     )
     return arrays
 
@@ -215,8 +238,9 @@ def fused_tile_topk(
     checkpoint are added up, ``total = sum_c ghost_sum(test_c, train_c, lr_c)`` ``(rows,
     n_train_tile)``, in checkpoint order as :func:`tile_topk` sums the shards, and the chunk goes
     straight to :func:`reduce_tile`: no dense shard is written, and the result equals the shard
-    path's. Memory: the tile's train factors of every checkpoint plus four (five with several blocks)
-    ``(rows, n_train_tile)`` float32 buffers, rows chosen to fit ``memory_mb``.
+    path's. Memory: the tile's train factors of every checkpoint plus three (four with several blocks)
+    ``(rows, n_train_tile)`` float32 buffers (the products' two work buffers serve the reduction),
+    rows chosen to fit ``memory_mb``.
     """
     if len(test_factor_paths) != len(train_factor_paths) or not train_factor_paths:
         raise InflowError("influence: needs one test and one train factor file per checkpoint; check train.checkpoint_epochs")
@@ -237,19 +261,24 @@ def fused_tile_topk(
         tile, q0, q1, r0, r1, len(sides), chunk, device,
     )  # fmt: skip
     rows = min(chunk, q1 - q0)
-    out, work = torch.empty(rows, r1 - r0, device=device), torch.empty(rows, r1 - r0, device=device)
+    total, out, work = (torch.empty(rows, r1 - r0, device=device) for _ in range(3))  # reused by every chunk
     work2 = torch.empty(rows, r1 - r0, device=device) if n_blocks > 1 else None
 
     def chunks() -> Iterator[Tensor]:
         for c0 in range(0, q1 - q0, chunk):
             n = min(chunk, q1 - q0 - c0)
-            total = torch.zeros(n, r1 - r0, device=device)
-            for blocks_q, train, lr in sides:
+            for i, (blocks_q, train, lr) in enumerate(sides):
                 test = block_tensors(blocks_q, device, slice(c0, c0 + n))
-                total += ghost_sum(test, train, lr, out=out[:n], work=work[:n], work2=None if work2 is None else work2[:n])
-            yield total
+                # The first checkpoint's products go straight into the total (as the shard path starts
+                # from the first shard); later ones are added in checkpoint order.
+                part = ghost_sum(
+                    test, train, lr, out=(total if i == 0 else out)[:n], work=work[:n], work2=None if work2 is None else work2[:n]
+                )
+                if i:
+                    total[:n] += part
+            yield total[:n]
 
-    save_tile(reduce_tile(chunks(), train_ids[r0:r1], k, device, tile), out_path)
+    save_tile(reduce_tile(chunks(), train_ids[r0:r1], k, device, tile, scratch=(out, work)), out_path)  # products done: free
 
 
 TILE_ARRAYS = ("proponent_values", "proponent_ids", "opponent_values", "opponent_ids", "positive_sum", "negative_sum", "n_positive")
@@ -271,6 +300,29 @@ def load_tile(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def topk_table(test_ids: np.ndarray, merged: dict[str, tuple[Tensor, Tensor]]) -> pd.DataFrame:
+    """The long top-k table sorted by (test_id, kind, rank), built in that order without a sort.
+
+    ``test_ids`` ``(n_test,)`` in factor-file order; ``merged[kind] = (values, train ids)``, each
+    ``(n_test, k')`` in the same row order, strongest first. Returns one row per (test sample,
+    kind, rank): test_id, kind, rank (1..k'), train_id, influence.
+    """
+    order = np.argsort(test_ids, kind="stable")
+    kinds = sorted(merged)  # "opponent" before "proponent", as a sort by kind puts them
+    values = np.concatenate([merged[kind][0].numpy()[order] for kind in kinds], axis=1)  # (n_test, len(kinds) * k')
+    ids = np.concatenate([merged[kind][1].numpy()[order] for kind in kinds], axis=1)
+    n, kk = len(order), merged[kinds[0]][0].shape[1]
+    return pd.DataFrame(
+        {
+            "test_id": np.repeat(test_ids[order], len(kinds) * kk),
+            "kind": np.tile(np.repeat(np.array(kinds, dtype=object), kk), n),
+            "rank": np.tile(np.tile(np.arange(1, kk + 1), len(kinds)), n),
+            "train_id": ids.ravel(),
+            "influence": values.ravel(),
+        }
+    )
+
+
 def accumulate_topk(
     tile_files: dict[tuple[int, int], str],
     test_factors: str,
@@ -290,29 +342,20 @@ def accumulate_topk(
     ``I (n_test, n_train)``: ``net_influence[j] = sum_i I[i, j]``, ``positive_sum[j] = sum_i max(I[i, j], 0)``.
     """
     test_ids = read_factor_ids(test_factors)
-    topk_parts, summary_parts, train_parts = [], [], []
+    merged: dict[str, list[tuple[Tensor, Tensor]]] = {kind: [] for kind in KINDS}
+    summary_parts, train_parts = [], []
     for q in range(n_test_tiles):
         q0, q1 = tile_bounds(len(test_ids), n_test_tiles, q)
         tiles = [load_tile(tile_files[(q, r)]) for r in range(n_train_tiles)]
         if any(len(t["positive_sum"]) != q1 - q0 for t in tiles):
             raise InflowError(f"tile results of test tile {q} do not match {test_factors}; rerun the tile_topk rule")
         for kind in KINDS:
-            vals, ids = merge_topk(
-                [torch.from_numpy(t[f"{kind}_values"]) for t in tiles],
-                [torch.from_numpy(t[f"{kind}_ids"]) for t in tiles],
-                k,
-                largest=(kind == "proponent"),
-            )
-            n, kk = vals.shape
-            topk_parts.append(
-                pd.DataFrame(
-                    {
-                        "test_id": np.repeat(test_ids[q0:q1], kk),
-                        "kind": kind,
-                        "rank": np.tile(np.arange(1, kk + 1), n),
-                        "train_id": ids.numpy().ravel(),
-                        "influence": vals.numpy().ravel(),
-                    }
+            merged[kind].append(
+                merge_topk(
+                    [torch.from_numpy(t[f"{kind}_values"]) for t in tiles],
+                    [torch.from_numpy(t[f"{kind}_ids"]) for t in tiles],
+                    k,
+                    largest=(kind == "proponent"),
                 )
             )
         pos = sum(t["positive_sum"] for t in tiles)
@@ -345,7 +388,9 @@ def accumulate_topk(
                 }
             )
         )
-    topk = pd.concat(topk_parts, ignore_index=True).sort_values(["test_id", "kind", "rank"], kind="stable", ignore_index=True)
+    topk = topk_table(
+        test_ids, {kind: (torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])) for kind, parts in merged.items()}
+    )
     summary = pd.concat(summary_parts, ignore_index=True)
     log.info(
         "top-%d for %d test samples; %.1f%% of test samples have positive net influence",
