@@ -156,6 +156,15 @@ def worker(args: argparse.Namespace) -> None:
             str(wd / "topk.parquet"),
             str(wd / "summary.parquet"),
         )
+    elif args.stage == "fresh_memory":  # the machine, not the workflow: first touch of memory the process never used
+        block = np.empty(256 * 2**20 // 4, np.float32)
+        t0 = time.perf_counter()
+        block.fill(1.0)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        block.fill(2.0)
+        times["fresh_memory_gb_per_s"] = 0.25 / first
+        times["warm_memory_gb_per_s"] = 0.25 / (time.perf_counter() - t0)
     elif args.stage == "self_influence":
         inputs = [influence_inputs(wd, c, args.preconditioner) for c in ckpts]
         left = [i["train_left"] for i in inputs] if args.preconditioner != "none" else None
@@ -176,7 +185,7 @@ def peak_rss_mb(usage: resource.struct_rusage) -> float:
         return usage.ru_maxrss / 1024
 
 
-STAGES = ("factor_loading", "curvature", "influence", "accumulate", "self_influence")
+STAGES = ("factor_loading", "curvature", "influence", "accumulate", "self_influence", "fresh_memory")
 
 
 def matmul_roofline(m: int, n: int, k: int, threads: int, repeats: int = 3) -> float:
@@ -318,10 +327,12 @@ def main() -> None:
         out = subprocess.run(base + ["--stage", stage], capture_output=True, text=True, check=True).stdout
         res = json.loads(out.strip().splitlines()[-1])
         times.update(res["times"])
-        rss[stage] = res["peak_rss_mb"]
-        cpu[stage] = res["cpu_s"]
+        if stage != "fresh_memory":
+            rss[stage] = res["peak_rss_mb"]
+            cpu[stage] = res["cpu_s"]
         if stage == "influence":  # what the tile jobs leave on disk: their top-k and sums (temp() in the workflow)
             tile_bytes = sum(f.stat().st_size for f in (wd / "tiles").glob("*.npz"))
+    memory_rates = (times.pop("fresh_memory_gb_per_s", None), times.pop("warm_memory_gb_per_s", None))
     times["topk_accumulation"] += times.pop("accumulate", 0.0)  # skipped with --max-tiles (it needs every tile)
     products_only = times.pop("products_only", None)  # fused: products are not timed apart from the top-k
     total = sum(times.values())
@@ -357,6 +368,11 @@ def main() -> None:
         "CPU seconds per stage (user + system; on a busy machine, wall time above overstates): "
         + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
     )
+    if memory_rates[0] is not None:
+        print(
+            f"first touch of new memory in a fresh process: {memory_rates[0]:.2f} GB/s (writing it again: {memory_rates[1]:.1f} GB/s); "
+            "a VM that backs guest memory lazily makes every job's first use of its buffers and factor arrays slow"
+        )
     factor_bytes = sum(f.stat().st_size for f in wd.glob("epoch_*/*.parquet"))
     print(
         f"disk: factor files {factor_bytes / 1e9:.2f} GB (inputs); tile results {tile_bytes / 1e6:.0f} MB (temporary; the only influence output before the merge)"

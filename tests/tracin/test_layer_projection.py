@@ -12,7 +12,14 @@ from torch.func import functional_call, grad, vmap
 from inflow.core.errors import InflowError
 from inflow.model.architectures import build_model
 from inflow.model.losses import per_sample_loss
-from inflow.tracin.layer_projection import LayerProjector, all_layer_gradients, covered_layers, structured_gradients
+from inflow.tracin.layer_projection import (
+    LayerProjector,
+    all_layer_gradients,
+    covered_layers,
+    micro_batch_rows,
+    output_bytes_per_sample,
+    structured_gradients,
+)
 from inflow.tracin.projection import per_sample_gradients
 
 
@@ -91,6 +98,17 @@ def test_matrices_are_seeded_per_layer_and_batches_are_independent(one_thread) -
     whole = all_layer_gradients(model, x, y, None, 0.0, a)
     parts = torch.cat([all_layer_gradients(model, x[s : s + 2], y[s : s + 2], None, 0.0, a) for s in (0, 2, 4)])
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6 * whole.abs().max().item())
+    micro = all_layer_gradients(model, x, y, None, 0.0, a, max_rows=4)  # micro-batches of 4 and 2 inside
+    torch.testing.assert_close(micro, whole, rtol=1e-5, atol=1e-6 * whole.abs().max().item())
+
+
+def test_micro_batches_follow_the_layer_outputs_of_one_image() -> None:
+    model = build_model("resnet9", num_classes=3, width=2).eval()
+    small, large = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)
+    per_image = output_bytes_per_sample(model, small)
+    assert 14 * per_image < output_bytes_per_sample(model, large) < 16 * per_image  # 16x the pixels; the pooled head stays
+    assert micro_batch_rows(model, small, budget_mb=per_image * 10 / 2**20) == 10
+    assert micro_batch_rows(model, large, budget_mb=1e-6) == 1  # at least one image
 
 
 def test_projected_inner_products_approach_the_exact_ones_as_k_grows(one_thread) -> None:

@@ -242,15 +242,20 @@ def method_batch_factors(
 
         return projected
     if name == "all_layers":
-        from inflow.tracin.layer_projection import LayerProjector, all_layer_gradients
+        from inflow.tracin.layer_projection import LayerProjector, all_layer_gradients, micro_batch_rows
         from inflow.tracin.projection import group_scales
 
         device = next(model.parameters()).device
         layer_projector = LayerProjector(model, method["projection_k_in"], method["projection_k_out"], method["projection_seed"], device)
         layer_scales = group_scales(layer_projector.names, group_lrs, tracin_lr)
+        rows: dict[tuple[int, ...], int] = {}  # micro-batch size per image shape, measured once
 
         def all_layers(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
-            p = all_layer_gradients(model, x, y, class_weights, smoothing, layer_projector, layer_scales)
+            shape = tuple(x.shape[1:])
+            if shape not in rows:
+                rows[shape] = micro_batch_rows(model, x)
+                log.info("all_layers: micro-batches of %d image(s) of shape %s", rows[shape], shape)
+            p = all_layer_gradients(model, x, y, class_weights, smoothing, layer_projector, layer_scales, max_rows=rows[shape])
             return [(p, torch.ones(len(p), 1, dtype=p.dtype, device=p.device))]
 
         return all_layers

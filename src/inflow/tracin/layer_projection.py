@@ -199,6 +199,37 @@ def structured_gradients(
     return out
 
 
+ACTIVATION_BUDGET_MB = 64  # layer outputs of one micro-batch: what one forward + backward holds at once
+
+
+def output_bytes_per_sample(model: nn.Module, x: Tensor) -> int:
+    """Bytes of every leaf module's output for the one sample ``x[:1]``: about what the backward pass keeps per sample.
+
+    Measured with forward hooks in one no-grad pass; the projected inputs that :func:`structured_gradients`
+    keeps (``k_in`` channels per position) are of the same order, so this is the scale of its memory per sample.
+    """
+    total = 0
+
+    def count(_m: nn.Module, _inputs: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        if isinstance(out, Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def micro_batch_rows(model: nn.Module, x: Tensor, budget_mb: float = ACTIVATION_BUDGET_MB) -> int:
+    """Samples per forward + backward so that their layer outputs fit ``budget_mb`` (at least 1)."""
+    return max(1, int(budget_mb * 2**20) // max(1, output_bytes_per_sample(model, x)))
+
+
 def all_layer_gradients(
     model: nn.Module,
     x: Tensor,
@@ -207,7 +238,17 @@ def all_layer_gradients(
     smoothing: float,
     projector: LayerProjector,
     scales: dict[str, float] | None = None,
+    max_rows: int | None = None,
 ) -> Tensor:
-    """:func:`structured_gradients` flattened and concatenated in layer order: ``(n, n_layers * k_out * k_in)`` float32."""
-    grads = structured_gradients(model, x, y, class_weights, smoothing, projector, scales)
-    return torch.cat([g.reshape(len(x), -1) for g in grads.values()], dim=1)
+    """:func:`structured_gradients` flattened and concatenated in layer order: ``(n, n_layers * k_out * k_in)`` float32.
+
+    ``max_rows`` cuts the batch into micro-batches of at most that many samples (one forward and
+    backward each), so memory follows the micro-batch, not the batch; each sample's result is its
+    own either way (BatchNorm in eval mode), up to float rounding.
+    """
+    step = len(x) if max_rows is None else max(1, max_rows)
+    parts = []
+    for i in range(0, len(x), step):
+        grads = structured_gradients(model, x[i : i + step], y[i : i + step], class_weights, smoothing, projector, scales)
+        parts.append(torch.cat([g.reshape(len(g), -1) for g in grads.values()], dim=1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
