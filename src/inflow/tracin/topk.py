@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch import Tensor
 
@@ -315,7 +316,12 @@ def topk_table(test_ids: np.ndarray, merged: dict[str, tuple[Tensor, Tensor]]) -
     return pd.DataFrame(
         {
             "test_id": np.repeat(test_ids[order], len(kinds) * kk),
-            "kind": np.tile(np.repeat(np.array(kinds, dtype=object), kk), n),
+            # via Arrow: pandas converts 1M+ Python strings to its string dtype 6x more slowly
+            "kind": pa.DictionaryArray.from_arrays(
+                pa.array(np.tile(np.repeat(np.arange(len(kinds), dtype=np.int8), kk), n)), pa.array(kinds)
+            )
+            .cast(pa.string())
+            .to_pandas(),
             "rank": np.tile(np.tile(np.arange(1, kk + 1), len(kinds)), n),
             "train_id": ids.ravel(),
             "influence": values.ravel(),
